@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One entry point for building and testing aasp on a fresh machine.
+#   ./buildall.sh build   release binary at target/release/aasp
+#   ./buildall.sh test    formatting, clippy (-D warnings) and every test
+#   ./buildall.sh image   container image (needs docker, podman or buildah)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_rust() {
+  command -v cargo >/dev/null || { echo "buildall: cargo not found; install the Rust toolchain (rustup)" >&2; exit 1; }
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+      rustup component add "$component"
+    fi
+  done
+}
+
+build() {
+  need_rust
+  cargo build --release --locked
+  echo "built target/release/aasp"
+}
+
+run_tests() {
+  need_rust
+  cargo fmt --all -- --check
+  cargo clippy --locked --all-targets -- -D warnings
+  cargo test --locked --all-targets
+}
+
+image() {
+  local engine=""
+  for candidate in docker podman buildah; do
+    if command -v "$candidate" >/dev/null && "$candidate" info >/dev/null 2>&1; then engine=$candidate; break; fi
+  done
+  if [ -z "$engine" ]; then
+    echo "buildall image: no working container engine (docker, podman or buildah with a running daemon) on this machine" >&2
+    exit 1
+  fi
+  if [ ! -f deploy/Dockerfile ]; then
+    echo "buildall image: deploy/Dockerfile does not exist yet" >&2
+    exit 1
+  fi
+  if [ "$engine" = buildah ]; then
+    buildah bud -f deploy/Dockerfile -t aasp:latest .
+  else
+    "$engine" build -f deploy/Dockerfile -t aasp:latest .
+  fi
+}
+
+case "${1:-}" in
+  build) build ;;
+  test) run_tests ;;
+  image) image ;;
+  *) echo "usage: $0 build|test|image" >&2; exit 2 ;;
+esac

@@ -1,0 +1,241 @@
+//! The `aasp` command line: one subcommand per job, each a thin layer over the library.
+
+mod report;
+mod verify;
+
+use crate::env;
+use crate::snp::attester::{self, Attester, AttesterKind};
+use crate::snp::cert::Cert;
+use crate::snp::chain::{self, CertSourceKind, ChainCache, SideCarArgs};
+use crate::snp::sim::SimOptions;
+use crate::snp::verify::TrustStore;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aasp",
+    version,
+    about = "Attests an AMD SEV-SNP confidential container and provisions secrets into it",
+    long_about = "aasp runs beside a confidential workload: it reads the SNP attestation report, \
+gathers the VCEK certificate chain, verifies reports offline, and (in later commands) obtains \
+attestation tokens and releases keys. Without SNP hardware, `--attester sim` uses a local \
+simulated device whose chain is rooted in its own ARK."
+)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify an SNP report offline: signature, certificate chain to AMD's (or a given) root,
+    /// TCB and chip id against the VCEK. Exits 0 only when every check passes.
+    Verify(verify::VerifyArgs),
+    /// Fetch a report from the attester, print it decoded, and optionally verify it.
+    Report(report::ReportArgs),
+    /// Start the whole local stack (emulators, simulated SNP, gRPC server).
+    Dev,
+}
+
+/// Which attester to open, and the simulator's settings when it is the simulator.
+#[derive(Debug, Args)]
+pub struct AttesterArgs {
+    /// Report source: the SNP guest devices (`auto` tries /dev/sev-guest then /dev/sev and never
+    /// falls back to the simulator) or the local simulator (`sim`).
+    #[arg(long, value_enum, env = env::AASP_ATTESTER, default_value_t = AttesterKind::Auto)]
+    pub attester: AttesterKind,
+    /// State directory (simulator identity and keys) [default: ~/.local/state/aasp].
+    #[arg(long, env = env::AASP_STATE_DIR)]
+    pub state_dir: Option<PathBuf>,
+    /// Simulator: security policy file; host_data becomes SHA-256 of its text.
+    #[arg(long, value_name = "FILE")]
+    pub sim_security_policy: Option<PathBuf>,
+    /// Simulator: set the guest policy's debug bit (MAA reports it as debuggable).
+    #[arg(long)]
+    pub sim_debug: bool,
+    /// Simulator: reported TCB as 16 hex digits (re-issues the simulated VCEK to match).
+    #[arg(long, value_name = "HEX", value_parser = parse_u64_hex)]
+    pub sim_tcb: Option<u64>,
+    /// Simulator: launch measurement, 96 hex digits.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex_array::<48>)]
+    pub sim_measurement: Option<[u8; 48]>,
+}
+
+impl AttesterArgs {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+
+    pub fn sim_options(&self) -> Result<SimOptions, String> {
+        let security_policy = self
+            .sim_security_policy
+            .as_deref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("--sim-security-policy {}: {e}", p.display()))
+            })
+            .transpose()?;
+        Ok(SimOptions {
+            state_dir: self.state_dir(),
+            measurement: self.sim_measurement,
+            policy: self
+                .sim_debug
+                .then_some(crate::snp::sim::DEFAULT_POLICY | crate::snp::report::POLICY_DEBUG_BIT),
+            security_policy,
+            reported_tcb: self.sim_tcb,
+            chip_id: None,
+        })
+    }
+
+    pub fn open(&self) -> Result<Arc<dyn Attester>, String> {
+        attester::open(self.attester, &self.sim_options()?).map_err(|e| e.to_string())
+    }
+}
+
+/// Where the certificate chain comes from and which roots are trusted.
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// Certificate chain source.
+    #[arg(long, value_enum, env = env::AASP_CERT_SOURCE, default_value_t = CertSourceKind::Auto)]
+    pub cert_source: CertSourceKind,
+    /// Endpoint of the chain source (THIM base URL, AzCache host, KDS base URL).
+    #[arg(long, env = env::AASP_CERT_ENDPOINT)]
+    pub cert_endpoint: Option<String>,
+    /// PEM file of extra CA certificates trusted for outbound HTTPS (TLS verification stays on).
+    #[arg(long, env = env::AASP_EXTRA_CA, value_name = "FILE")]
+    pub extra_ca: Option<PathBuf>,
+    /// PEM file of additional trusted ARKs, beside AMD's embedded Milan, Genoa and Turin roots.
+    #[arg(long, env = env::AASP_TRUST_ROOT, value_name = "FILE")]
+    pub trust_root: Vec<PathBuf>,
+}
+
+impl ChainArgs {
+    /// The chain cache for `attester`. With the simulator and `--cert-source auto`, the chain
+    /// is read from the simulator's security-context directory, through the same code that
+    /// reads the platform's.
+    pub fn chain_cache(
+        &self,
+        attester: &dyn Attester,
+        state_dir: &Path,
+    ) -> Result<ChainCache, String> {
+        let client = crate::http::client(&crate::http::HttpOptions {
+            extra_ca: self.extra_ca.clone(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let sidecar = SideCarArgs::from_env()?;
+        let sim_context = (attester.name() == "sim" && self.cert_source == CertSourceKind::Auto)
+            .then(|| state_dir.join("sim").join("security-context"));
+        let kind = if sim_context.is_some() {
+            CertSourceKind::SecurityContext
+        } else {
+            self.cert_source
+        };
+        Ok(ChainCache::new(chain::source(
+            kind,
+            self.cert_endpoint.as_deref(),
+            sidecar.as_ref(),
+            sim_context.as_deref(),
+            &client,
+        )))
+    }
+
+    pub fn trust_store(&self, extra: Option<Cert>) -> Result<TrustStore, String> {
+        let mut roots: Vec<Cert> = extra.into_iter().collect();
+        for path in &self.trust_root {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("--trust-root {}: {e}", path.display()))?;
+            roots.extend(
+                Cert::from_pem_bundle(&pem)
+                    .map_err(|e| format!("--trust-root {}: {e}", path.display()))?,
+            );
+        }
+        Ok(TrustStore::amd_and(roots))
+    }
+}
+
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("aasp")
+}
+
+fn parse_u64_hex(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("not a hex u64: {e}"))
+}
+
+fn parse_hex_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
+    let bytes = hex::decode(s).map_err(|e| format!("not hex: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("expected {N} bytes, got {}", b.len()))
+}
+
+/// Reads a file, or standard input for `-`.
+pub fn read_input(path: &Path) -> Result<Vec<u8>, String> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .map_err(|e| format!("standard input: {e}"))?;
+        return Ok(buf);
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the command line; the process exit code is the result.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Verify(args) => verify::run(args),
+            Command::Report(args) => report::run(args).await,
+            Command::Dev => {
+                Err("`aasp dev` is not yet available: it arrives with the gRPC services".into())
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `aasp verify`: offline verification of any report.
+
+use super::{read_input, ChainArgs};
+use crate::snp::cert::Cert;
+use crate::snp::evidence::load_report;
+use crate::snp::report::ReportView;
+use crate::snp::verify::{verify_report, Chain, Verification};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The report: raw 1184 bytes, hex text, or an evidence JSON document
+    /// ({"SnpReport","VcekCertChain",...}, as `aasp report --format evidence` and MAA use). `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    report: PathBuf,
+    /// The signing certificate (VCEK or VLEK), DER or PEM. Default: the one in the evidence.
+    #[arg(long, value_name = "FILE")]
+    vcek: Option<PathBuf>,
+    /// PEM of the intermediate (ASK or ASVK) and optionally the ARK. Default: the evidence's
+    /// chain, else AMD's embedded certificates. The ARK must always be a trusted root.
+    #[arg(long, value_name = "FILE")]
+    chain: Option<PathBuf>,
+    /// Verify as of this time (RFC 3339, e.g. 2026-03-25T00:00:00Z) instead of now: certificate
+    /// validity is checked at this instant.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    at: Option<u64>,
+    /// PEM file of additional trusted ARKs (for example a simulator's `ark.pem`).
+    #[arg(long, value_name = "FILE")]
+    trust_root: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+fn parse_rfc3339(s: &str) -> Result<u64, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| "times before 1970 are not supported".into())
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
+    let loaded = load_report(&read_input(&args.report)?).map_err(|e| e.to_string())?;
+    let mut certs: Vec<Cert> = Vec::new();
+    if let Some(evidence) = &loaded.evidence {
+        if !evidence.cert_chain_pem.trim().is_empty() {
+            certs.extend(
+                Cert::from_pem_bundle(evidence.cert_chain_pem.as_bytes())
+                    .map_err(|e| format!("evidence chain: {e}"))?,
+            );
+        }
+    }
+    if let Some(path) = &args.chain {
+        // An explicit chain replaces the evidence's intermediate and root, not its signer.
+        certs.retain(|c| {
+            matches!(
+                c.role(),
+                crate::snp::cert::Role::Vcek | crate::snp::cert::Role::Vlek
+            )
+        });
+        certs.extend(
+            Cert::from_pem_bundle(&read_input(path)?)
+                .map_err(|e| format!("--chain {}: {e}", path.display()))?,
+        );
+    }
+    if let Some(path) = &args.vcek {
+        certs.retain(|c| {
+            !matches!(
+                c.role(),
+                crate::snp::cert::Role::Vcek | crate::snp::cert::Role::Vlek
+            )
+        });
+        certs.push(
+            Cert::from_der_or_pem(&read_input(path)?)
+                .map_err(|e| format!("--vcek {}: {e}", path.display()))?,
+        );
+    }
+    let chain = Chain::from_certs(certs)
+        .map_err(|e| format!("{e}: give --vcek, or an evidence document that holds the chain"))?;
+    let trust = ChainArgs {
+        cert_source: crate::snp::chain::CertSourceKind::Auto,
+        cert_endpoint: None,
+        extra_ca: None,
+        trust_root: args.trust_root.clone(),
+    }
+    .trust_store(None)?;
+    let verification = verify_report(
+        &loaded.report,
+        &chain,
+        &trust,
+        args.at.unwrap_or_else(now_unix),
+    );
+    print_verification(&loaded.report, &verification, args.format);
+    Ok(exit_code(&verification))
+}
+
+pub fn exit_code(verification: &Verification) -> ExitCode {
+    if verification.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub fn print_verification(
+    report: &crate::snp::AttestationReport,
+    v: &Verification,
+    format: OutputFormat,
+) {
+    match format {
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "verified": v.passed(),
+                "checks": v.checks,
+                "report": ReportView::from(report),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            print_checks(v);
+        }
+    }
+}
+
+pub fn print_checks(v: &Verification) {
+    for check in &v.checks {
+        let mark = if check.passed { "ok  " } else { "FAIL" };
+        println!("[{mark}] {}: {}", check.name, check.detail);
+    }
+    println!(
+        "{}",
+        if v.passed() {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    );
+}

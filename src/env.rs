@@ -1,0 +1,30 @@
+//! Every environment variable aasp reads, in one place. `AASP_*` variables mirror a `--flag`
+//! (clap reads them through `#[arg(env = ...)]`); the others are the platform's or the upstream
+//! sidecars' names, accepted for compatibility.
+
+/// `--state-dir`: simulator identity, emulator CA and keys.
+pub const AASP_STATE_DIR: &str = "AASP_STATE_DIR";
+/// `--attester`: `auto`, `sev-guest`, `sev` or `sim`.
+pub const AASP_ATTESTER: &str = "AASP_ATTESTER";
+/// `--cert-source`: where the VCEK chain comes from.
+pub const AASP_CERT_SOURCE: &str = "AASP_CERT_SOURCE";
+/// `--cert-endpoint`: the chain source's endpoint.
+pub const AASP_CERT_ENDPOINT: &str = "AASP_CERT_ENDPOINT";
+/// `--extra-ca`: PEM file of additional trusted CAs for outbound HTTPS.
+pub const AASP_EXTRA_CA: &str = "AASP_EXTRA_CA";
+/// `--trust-root`: PEM file of additional trusted ARKs (for example the simulator's).
+pub const AASP_TRUST_ROOT: &str = "AASP_TRUST_ROOT";
+
+/// The SKR sidecar's configuration: standard base64 of its JSON.
+pub const SKR_SIDECAR_ARGS: &str = "SkrSideCarArgs";
+/// The AASP sidecar's name for the same configuration.
+pub const AASP_SIDECAR_ARGS: &str = "AaspSideCarArgs";
+
+/// Directory of the security context Azure mounts into a confidential container.
+pub const UVM_SECURITY_CONTEXT_DIR: &str = "UVM_SECURITY_CONTEXT_DIR";
+/// Legacy: base64 of the security policy, before the security-context directory existed.
+pub const UVM_SECURITY_POLICY: &str = "UVM_SECURITY_POLICY";
+/// Legacy: base64 of the THIM certification document.
+pub const UVM_HOST_AMD_CERTIFICATE: &str = "UVM_HOST_AMD_CERTIFICATE";
+/// Legacy: base64 of the UVM reference info (COSE_Sign1).
+pub const UVM_REFERENCE_INFO: &str = "UVM_REFERENCE_INFO";

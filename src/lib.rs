@@ -1,0 +1,17 @@
+//! aasp attests an AMD SEV-SNP confidential container and provisions secrets into it.
+//!
+//! # Layout
+//! Dependencies point down the list, never up.
+//! - `cli`: the `aasp` command and its subcommands.
+//! - `snp`: the attestation core: report, devices and simulator, certificate chain, verification.
+//! - `http`: the one outbound HTTP client builder (rustls, explicit extra CA, timeouts).
+//! - `env`: every environment variable aasp reads.
+//! - `proto`: the generated gRPC types of `proto/`.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod env;
+pub mod http;
+pub mod proto;
+pub mod snp;
