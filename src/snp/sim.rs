@@ -15,7 +15,7 @@
 
 use crate::snp::attester::Attester;
 use crate::snp::cert::{self, Cert, RSA_PSS_SHA384_ALGORITHM};
-use crate::snp::report::AttestationReport;
+use crate::snp::report::{AttestationReport, FirmwareVersion};
 use crate::snp::verify::Chain;
 use crate::snp::{Error, Result};
 use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
@@ -52,6 +52,13 @@ pub const DEFAULT_POLICY: u64 = 0x3_0000;
 /// Boot loader 3, TEE 0, SNP 8, microcode 115: what Azure's Milan hosts report.
 pub const DEFAULT_TCB: u64 = 0x7308_0000_0000_0003;
 
+/// SNP firmware 1.55.21, a Milan release.
+const FIRMWARE_VERSION: FirmwareVersion = FirmwareVersion {
+    build: 21,
+    minor: 55,
+    major: 1,
+    reserved: 0,
+};
 const ORG: &str = "OU=Engineering,C=US,L=Santa Clara,ST=CA,O=aasp SNP simulator";
 const PRODUCT: &str = "Milan";
 const TWENTY_YEARS: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
@@ -217,6 +224,8 @@ impl Simulated {
         r.committed_tcb = d.reported_tcb;
         r.launch_tcb = d.reported_tcb;
         r.platform_info = 0x1; // SMT enabled
+        r.current_version = FIRMWARE_VERSION;
+        r.committed_version = FIRMWARE_VERSION;
         r.report_data = *report_data;
         r.measurement = d.measurement;
         r.host_data = d.host_data();
@@ -302,6 +311,8 @@ fn load_or_create_roots(dir: &Path) -> Result<(Cert, Cert, RsaKeyPair)> {
         .map_err(|_| err("cannot encode the ASK key".into()))?;
     write_private(&dir.join("ask.pk8"), ask_pk8.as_ref()).map_err(err)?;
     write_private(&dir.join("ark.der"), ark.der()).map_err(err)?;
+    // The root is public; PEM is what `--trust-root` takes.
+    std::fs::write(dir.join("ark.pem"), ark.to_pem()).map_err(|e| err(e.to_string()))?;
     write_private(&dir.join("ask.der"), ask.der()).map_err(err)?;
     Ok((ark, ask, ask_key))
 }
@@ -459,7 +470,10 @@ fn rng_error() -> Error {
 fn write_private(path: &Path, bytes: &[u8]) -> std::result::Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // A name of its own per writer: two processes sharing a state dir must not interleave.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

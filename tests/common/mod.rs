@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: fixture paths and one simulator per test binary
+//! (its RSA keys are the expensive part).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/snp")
+}
+
+pub fn read(rel: &str) -> Vec<u8> {
+    std::fs::read(data_dir().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// A valid hardware vector from `tests/data/snp` (see its INDEX.md for sources).
+pub struct Vector {
+    pub name: &'static str,
+    pub signer_file: &'static str,
+    pub verify_at: u64,
+}
+
+pub const VALID_VECTORS: [(&str, &str); 6] = [
+    ("milan-go-sev-guest", "vcek.der"),
+    ("milan-trustee", "vcek.der"),
+    ("milan-virtee", "vcek.der"),
+    ("milan-aci-sidecar", "vcek.der"),
+    ("genoa-azure", "vcek.der"),
+    ("milan-vlek-trustee", "vlek.der"),
+];
+
+pub fn vectors() -> Vec<Vector> {
+    VALID_VECTORS
+        .iter()
+        .map(|(name, signer_file)| {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&read(&format!("{name}/meta.json"))).unwrap();
+            let at = format!("{}T00:00:00Z", meta["verify_at"].as_str().unwrap());
+            let at =
+                time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                    .unwrap();
+            Vector {
+                name,
+                signer_file,
+                verify_at: at.unix_timestamp() as u64,
+            }
+        })
+        .collect()
+}
+
+/// A simulator state directory created once for the whole test binary.
+pub fn sim_state_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_path_buf();
+    // Creating it once up front keeps concurrent tests from racing on key generation.
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        aasp::snp::sim::Simulated::open(&aasp::snp::sim::SimOptions {
+            state_dir: dir.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    });
+    dir
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Serves `router` on an ephemeral loopback port; the server lives as long as the runtime.
+pub async fn serve(router: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
