@@ -56,3 +56,119 @@ fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpSetupError> {
     }
     Ok(certs)
 }
+
+/// Bounded retries for idempotent-enough upstream calls: transport errors, 408, 429 (honouring
+/// `Retry-After`) and 5xx are retried with jittered exponential backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A request that failed before any response arrived, after every retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {url}: {reason} (after {attempts} attempts)")]
+pub struct TransportError {
+    pub method: String,
+    pub url: String,
+    pub reason: String,
+    pub attempts: u32,
+}
+
+fn retryable(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn jittered(policy: &RetryPolicy, attempt: u32) -> Duration {
+    use aws_lc_rs::rand::SecureRandom;
+    let exp = policy
+        .base_delay
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(policy.max_delay);
+    let mut byte = [0u8; 1];
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut byte);
+    // Between half and the full backoff, so that many clients do not retry in step.
+    exp / 2 + exp.mul_f64(f64::from(byte[0]) / 510.0)
+}
+
+/// Sends the request `build` makes, retrying as `policy` allows. Returns the last response
+/// (whatever its status) or the transport error; the caller interprets statuses.
+pub async fn send_with_retry(
+    build: impl Fn() -> reqwest::RequestBuilder,
+    policy: &RetryPolicy,
+) -> Result<reqwest::Response, TransportError> {
+    let mut attempt = 0;
+    loop {
+        let request = build().build().map_err(|e| TransportError {
+            method: "?".into(),
+            url: e.url().map(|u| u.to_string()).unwrap_or_default(),
+            reason: e.to_string(),
+            attempts: attempt + 1,
+        })?;
+        let (method, url) = (request.method().to_string(), redact_query(request.url()));
+        let last = attempt + 1 >= policy.attempts;
+        match build().send().await {
+            Ok(response) if !retryable(response.status()) || last => return Ok(response),
+            Ok(response) => {
+                let delay = retry_after(&response)
+                    .unwrap_or_else(|| jittered(policy, attempt))
+                    .min(policy.max_delay);
+                tracing::debug!(%method, %url, status = %response.status(), ?delay, "retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) if last => {
+                return Err(TransportError {
+                    method,
+                    url,
+                    reason: transport_reason(&e),
+                    attempts: attempt + 1,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(%method, %url, reason = %transport_reason(&e), "retrying");
+                tokio::time::sleep(jittered(policy, attempt)).await;
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// URLs are logged and put into errors without their query (which could carry a client id).
+pub fn redact_query(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.to_string()
+}
+
+fn transport_reason(e: &reqwest::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}

@@ -10,8 +10,11 @@
 
 #![deny(unsafe_code)]
 
+pub mod azure;
 pub mod cli;
+pub mod emulator;
 pub mod env;
 pub mod http;
 pub mod proto;
+pub mod provision;
 pub mod snp;

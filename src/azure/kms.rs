@@ -1,0 +1,303 @@
+//! Managed HSM / Key Vault: secure key release, get, create and import (api-version 7.4).
+
+use crate::azure::ckm::{TransferKey, WrapAlgorithm};
+use crate::azure::jwk::Jwk;
+use crate::azure::jws::{verify_x5c, Anchors};
+use crate::azure::policy::ReleasePolicy;
+use crate::azure::{base_url, error_message, Error, Result, Secret};
+use crate::http::{send_with_retry, RetryPolicy};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+pub const API_VERSION: &str = "7.4";
+
+/// `https://<kms-host>/keys/<name>[/<version>]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyUrl {
+    /// Scheme and authority: `https://host[:port]`.
+    pub base: String,
+    pub name: String,
+    pub version: Option<String>,
+}
+
+impl KeyUrl {
+    pub fn new(kms_endpoint: &str, name: &str) -> Self {
+        KeyUrl {
+            base: base_url(kms_endpoint),
+            name: name.to_owned(),
+            version: None,
+        }
+    }
+
+    /// Parses a full key URL (query ignored).
+    pub fn parse(url: &str) -> Result<Self> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::Config(format!("key URL {url:?}: {e}")))?;
+        let mut segments = parsed
+            .path_segments()
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty());
+        let (Some("keys"), Some(name), version, None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(Error::Config(format!(
+                "key URL {url:?} is not https://<host>/keys/<name>[/<version>]"
+            )));
+        };
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Error::Config(format!("key URL {url:?} has no host")))?;
+        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+        Ok(KeyUrl {
+            base: format!("{}://{host}{port}", parsed.scheme()),
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        let without_scheme = self.base.split("://").nth(1).unwrap_or(&self.base);
+        without_scheme.split(':').next().unwrap_or(without_scheme)
+    }
+
+    pub fn key_path(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}/keys/{}/{v}", self.base, self.name),
+            None => format!("{}/keys/{}", self.base, self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key_path())
+    }
+}
+
+/// A key as Key Vault describes it (public material only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyBundle {
+    pub key: Jwk,
+    #[serde(default)]
+    pub attributes: Value,
+    #[serde(default)]
+    pub release_policy: Option<Value>,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub enum KeySpec {
+    Rsa { bits: u32 },
+    Oct { bits: u32 },
+    Ec { curve: String },
+}
+
+pub struct KmsClient {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    anchors: Anchors,
+}
+
+fn policy_body(policy: &ReleasePolicy) -> Result<Value> {
+    let data = serde_json::to_vec(policy).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(
+        json!({ "contentType": "application/json; charset=utf-8", "data": URL_SAFE_NO_PAD.encode(data) }),
+    )
+}
+
+impl KmsClient {
+    /// `anchors` are the roots a release response's signing certificate must chain to.
+    pub fn new(client: reqwest::Client, anchors: Anchors, retry: RetryPolicy) -> Self {
+        KmsClient {
+            client,
+            retry,
+            anchors,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        access: &Secret,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let response = send_with_retry(
+            || {
+                let mut request = self
+                    .client
+                    .request(method.clone(), &url)
+                    .bearer_auth(access.expose());
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                request
+            },
+            &self.retry,
+        )
+        .await?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let url = url.split('?').next().unwrap_or_default().to_owned();
+        match status.as_u16() {
+            200..=299 => serde_json::from_str(&text).map_err(|e| Error::BadResponse {
+                service: "KMS",
+                url,
+                reason: format!("not JSON: {e}"),
+            }),
+            code @ (400 | 401 | 403 | 404 | 409) => Err(Error::Refused {
+                service: "KMS",
+                url,
+                status: code,
+                message: error_message(&text),
+            }),
+            code => Err(Error::Upstream {
+                service: "KMS",
+                url,
+                status: code,
+                message: error_message(&text),
+            }),
+        }
+    }
+
+    /// Secure key release: the MAA token as target, the key wrapped to `transfer_key`, the
+    /// response's signature and chain verified before anything in it is used.
+    pub async fn release(
+        &self,
+        key: &KeyUrl,
+        maa_token: &Secret,
+        access: &Secret,
+        transfer_key: &TransferKey,
+        enc: WrapAlgorithm,
+    ) -> Result<Jwk> {
+        let url = format!("{}/release?api-version={API_VERSION}", key.key_path());
+        let body = json!({ "target": maa_token.expose(), "enc": enc.name() });
+        let response = self
+            .call(reqwest::Method::POST, url.clone(), access, Some(&body))
+            .await?;
+        let jws = response
+            .get("value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::BadResponse {
+                service: "KMS",
+                url: key.key_path(),
+                reason: "no \"value\" JWS".into(),
+            })?;
+        let payload = verify_x5c(jws, key.host(), &self.anchors)?;
+        let released: Jwk = serde_json::from_value(
+            payload
+                .pointer("/response/key/key")
+                .cloned()
+                .unwrap_or_default(),
+        )
+        .map_err(|e| Error::BadResponse {
+            service: "KMS",
+            url: key.key_path(),
+            reason: format!("release payload: {e}"),
+        })?;
+        let key_hsm = released
+            .key_hsm
+            .as_deref()
+            .ok_or_else(|| Error::BadResponse {
+                service: "KMS",
+                url: key.key_path(),
+                reason: "the key has no key_hsm".into(),
+            })?;
+        let mut jwk = transfer_key.unwrap_key_hsm(key_hsm, released.family()?)?;
+        jwk.kid = released.kid.clone();
+        jwk.key_ops = released.key_ops.clone();
+        Ok(jwk)
+    }
+
+    pub async fn get(&self, key: &KeyUrl, access: &Secret) -> Result<KeyBundle> {
+        let url = format!("{}?api-version={API_VERSION}", key.key_path());
+        let value = self.call(reqwest::Method::GET, url, access, None).await?;
+        serde_json::from_value(value).map_err(|e| Error::BadResponse {
+            service: "KMS",
+            url: key.key_path(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Imports `jwk` (private material) as an exportable HSM key bound to `policy`.
+    pub async fn import(
+        &self,
+        key: &KeyUrl,
+        jwk: &Jwk,
+        policy: &ReleasePolicy,
+        access: &Secret,
+    ) -> Result<KeyBundle> {
+        let mut hsm_key = jwk.clone();
+        if hsm_key.key_ops.is_none() {
+            hsm_key.key_ops = Some(default_ops(jwk));
+        }
+        let body = json!({
+            "key": hsm_key,
+            "hsm": true,
+            "attributes": { "exportable": true },
+            "release_policy": policy_body(policy)?,
+        });
+        let url = format!("{}/keys/{}?api-version={API_VERSION}", key.base, key.name);
+        let value = self
+            .call(reqwest::Method::PUT, url, access, Some(&body))
+            .await?;
+        serde_json::from_value(value).map_err(|e| Error::BadResponse {
+            service: "KMS",
+            url: key.key_path(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Creates an exportable HSM key bound to `policy` (`POST /keys/<name>/create`).
+    pub async fn create(
+        &self,
+        key: &KeyUrl,
+        spec: &KeySpec,
+        policy: &ReleasePolicy,
+        access: &Secret,
+    ) -> Result<KeyBundle> {
+        let crypt_ops = json!(["encrypt", "decrypt", "wrapKey", "unwrapKey"]);
+        let shape = match spec {
+            KeySpec::Rsa { bits } => {
+                json!({ "kty": "RSA-HSM", "key_size": bits, "key_ops": crypt_ops })
+            }
+            KeySpec::Oct { bits } => {
+                json!({ "kty": "oct-HSM", "key_size": bits, "key_ops": crypt_ops })
+            }
+            KeySpec::Ec { curve } => {
+                json!({ "kty": "EC-HSM", "crv": curve, "key_ops": ["sign", "verify"] })
+            }
+        };
+        let mut body =
+            json!({ "attributes": { "exportable": true }, "release_policy": policy_body(policy)? });
+        if let (Some(body), Value::Object(shape)) = (body.as_object_mut(), shape) {
+            body.extend(shape);
+        }
+        let url = format!(
+            "{}/keys/{}/create?api-version={API_VERSION}",
+            key.base, key.name
+        );
+        let value = self
+            .call(reqwest::Method::POST, url, access, Some(&body))
+            .await?;
+        serde_json::from_value(value).map_err(|e| Error::BadResponse {
+            service: "KMS",
+            url: key.key_path(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn default_ops(jwk: &Jwk) -> Vec<String> {
+    let ops: &[&str] = match jwk.family() {
+        Ok(crate::azure::jwk::KeyFamily::Ec) => &["sign", "verify"],
+        _ => &["encrypt", "decrypt", "wrapKey", "unwrapKey"],
+    };
+    ops.iter().map(|s| (*s).to_owned()).collect()
+}

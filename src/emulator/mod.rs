@@ -1,0 +1,259 @@
+//! The local Azure stack: one HTTPS server on loopback that plays THIM, IMDS, the Entra ID token
+//! endpoint, MAA and Managed HSM on their real paths, and verifies for real what it receives:
+//! report signature and chain (to the simulator's and AMD's roots), report_data against the
+//! runtime data, bearer tokens, token signatures, release policies.
+//!
+//! Owns the emulated services and fault injection. Must not know aasp's own services: it is a
+//! peer that production clients talk to over real sockets.
+
+pub mod faults;
+mod handlers;
+pub mod pki;
+
+use crate::azure::jws::{Jwks, JwksKey};
+use crate::snp::cert::Cert;
+use crate::snp::verify::TrustStore;
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
+use faults::{FaultKind, Faults};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("emulator PKI: {0}")]
+    Pki(String),
+    #[error("emulator: {0}")]
+    Io(String),
+}
+
+/// How to run the emulator.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The dev CA (`emulator/ca.pem`) lives here.
+    pub state_dir: PathBuf,
+    /// ARKs MAA trusts besides AMD's (the simulator's).
+    pub extra_roots: Vec<Cert>,
+    /// The THIM document to serve (the simulated host's), if any.
+    pub thim_json: Option<String>,
+    /// Launch measurements MAA reports as compliant; empty accepts all.
+    pub accepted_measurements: Vec<[u8; 48]>,
+    /// Lifetime of issued MAA tokens in seconds; negative issues already-expired tokens.
+    pub maa_token_lifetime: i64,
+    pub faults: Faults,
+}
+
+impl Config {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir,
+            extra_roots: Vec::new(),
+            thim_json: None,
+            accepted_measurements: Vec::new(),
+            maa_token_lifetime: 8 * 3600,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Calls the emulator served, by kind: tests count flights with these.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub maa_attest: AtomicU64,
+    pub releases: AtomicU64,
+    pub tokens: AtomicU64,
+}
+
+impl Counters {
+    pub fn maa(&self) -> u64 {
+        self.maa_attest.load(Ordering::SeqCst)
+    }
+
+    pub fn release(&self) -> u64 {
+        self.releases.load(Ordering::SeqCst)
+    }
+}
+
+/// A key the emulated HSM holds, private material included.
+struct StoredKey {
+    jwk: crate::azure::jwk::Jwk,
+    version: String,
+    policy: crate::azure::policy::ReleasePolicy,
+    policy_b64: String,
+}
+
+pub(crate) struct State {
+    maa_key: RsaKeyPair,
+    maa_kid: String,
+    jwks: Jwks,
+    signer: RsaKeyPair,
+    signer_x5c: Vec<String>,
+    trust: TrustStore,
+    thim_json: Option<String>,
+    accepted_measurements: Vec<[u8; 48]>,
+    maa_token_lifetime: i64,
+    access_tokens: Mutex<HashMap<String, u64>>,
+    keys: Mutex<HashMap<String, StoredKey>>,
+    faults: RwLock<Faults>,
+    counters: Arc<Counters>,
+}
+
+/// A running emulator; dropping it does not stop it, `shutdown` does.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:<port>`: the base URL of every emulated service.
+    pub url: String,
+    /// The dev CA clients must trust (`--extra-ca`).
+    pub ca_path: PathBuf,
+    pub counters: Arc<Counters>,
+    state: Arc<State>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// `host:port`, the form endpoints are configured with.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self
+            .state
+            .faults
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts the emulator on `config.listen`.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let pki = pki::Pki::load_or_create(&config.state_dir.join("emulator"))?;
+    let maa_key = RsaKeyPair::generate(KeySize::Rsa2048)
+        .map_err(|_| Error::Pki("MAA key generation failed".into()))?;
+    let maa_spki = maa_key
+        .public_key()
+        .as_der()
+        .map_err(|_| Error::Pki("MAA key encoding".into()))?;
+    let maa_public = crate::azure::jwk::Jwk::from_rsa_spki(maa_spki.as_ref())
+        .map_err(|e| Error::Pki(e.to_string()))?;
+    let maa_kid = maa_public
+        .thumbprint()
+        .map_err(|e| Error::Pki(e.to_string()))?;
+    let jwks = Jwks {
+        keys: vec![JwksKey {
+            kid: Some(maa_kid.clone()),
+            kty: Some("RSA".into()),
+            n: maa_public.n.clone(),
+            e: maa_public.e.clone(),
+            x5c: Vec::new(),
+        }],
+    };
+    let counters = Arc::new(Counters::default());
+    let state = Arc::new(State {
+        maa_key,
+        maa_kid,
+        jwks,
+        signer: pki.signer,
+        signer_x5c: pki.signer_x5c,
+        trust: TrustStore::amd_and(config.extra_roots),
+        thim_json: config.thim_json,
+        accepted_measurements: config.accepted_measurements,
+        maa_token_lifetime: config.maa_token_lifetime,
+        access_tokens: Mutex::new(HashMap::new()),
+        keys: Mutex::new(HashMap::new()),
+        faults: RwLock::new(config.faults),
+        counters: Arc::clone(&counters),
+    });
+
+    let tls = tls_config(pki.server_chain_der, pki.server_key_der)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let router = handlers::router(Arc::clone(&state));
+    tokio::spawn(serve(listener, tls, router, Arc::clone(&state), stopped));
+    Ok(Running {
+        addr,
+        url: format!("https://{addr}"),
+        ca_path: pki.ca_path,
+        counters,
+        state,
+        stop,
+    })
+}
+
+fn tls_config(chain: Vec<Vec<u8>>, key: Vec<u8>) -> Result<Arc<rustls::ServerConfig>, Error> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Pki(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )
+        .map_err(|e| Error::Pki(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    state: Arc<State>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "emulator accept failed");
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let drop_it = state
+            .faults
+            .read()
+            .map(|f| f.draw().contains(&FaultKind::Drop))
+            .unwrap_or(false);
+        if drop_it {
+            drop(tcp);
+            continue;
+        }
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(tls_stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls_stream), service)
+                    .await;
+        });
+    }
+}
+
+/// Issued Entra/IMDS access tokens live this long.
+const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);

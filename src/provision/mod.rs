@@ -1,0 +1,212 @@
+//! The secret flow: attest → MAA token → access token → secure key release → unwrap.
+//!
+//! `release(kms, key, maa)`: the transfer key's JWK set is the runtime data; the report binds its
+//! SHA-256; the report and its chain go to MAA; the token and an access token go to the KMS; the
+//! signed response is verified and the key unwrapped inside the TEE. Released keys and MAA tokens
+//! are cached (TTL configurable, zero turns caching off) and concurrent callers for the same key
+//! share one flight. A failure is never cached.
+//!
+//! Owns the flow, its caches and single-flight. Must not know transports (gRPC, REST).
+
+use crate::azure::ckm::{TransferKey, WrapAlgorithm};
+use crate::azure::identity::{resource_for_host, IdentityProvider};
+use crate::azure::jwk::Jwk;
+use crate::azure::kms::{KeyUrl, KmsClient};
+use crate::azure::maa::{MaaClient, MaaToken};
+use crate::http::RetryPolicy;
+use crate::snp::attester::Attester;
+use crate::snp::chain::{attest, ChainCache};
+use crate::snp::evidence::Evidence;
+use crate::snp::report::report_data_for_runtime;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Snp(#[from] crate::snp::Error),
+    #[error(transparent)]
+    Azure(#[from] crate::azure::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A key released into the TEE. Its JWK zeroizes on drop and prints redacted.
+#[derive(Debug)]
+pub struct ReleasedKey {
+    pub key: KeyUrl,
+    pub jwk: Jwk,
+}
+
+/// Counters of upstream work, for metrics and for tests that count flights.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub maa_calls: AtomicU64,
+    pub release_calls: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+type Slot<T> = Arc<Mutex<Option<(T, Instant)>>>;
+type Slots<K, T> = std::sync::Mutex<HashMap<K, Slot<T>>>;
+
+pub struct Provisioner {
+    attester: Arc<dyn Attester>,
+    chains: Arc<ChainCache>,
+    identity: Arc<IdentityProvider>,
+    kms: Arc<KmsClient>,
+    http: reqwest::Client,
+    retry: RetryPolicy,
+    transfer_key: Arc<TransferKey>,
+    ttl: Duration,
+    keys: Slots<(KeyUrl, String), Arc<ReleasedKey>>,
+    tokens: Slots<String, MaaToken>,
+    pub counters: Counters,
+}
+
+pub struct ProvisionerParts {
+    pub attester: Arc<dyn Attester>,
+    pub chains: Arc<ChainCache>,
+    pub identity: Arc<IdentityProvider>,
+    pub kms: Arc<KmsClient>,
+    pub http: reqwest::Client,
+    pub retry: RetryPolicy,
+    pub cache_ttl: Duration,
+}
+
+impl Provisioner {
+    /// Generates the transfer key here, at start-up, so no request waits for it.
+    pub fn new(parts: ProvisionerParts) -> Result<Self> {
+        Ok(Provisioner {
+            attester: parts.attester,
+            chains: parts.chains,
+            identity: parts.identity,
+            kms: parts.kms,
+            http: parts.http,
+            retry: parts.retry,
+            transfer_key: Arc::new(TransferKey::generate()?),
+            ttl: parts.cache_ttl,
+            keys: std::sync::Mutex::new(HashMap::new()),
+            tokens: std::sync::Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn attester(&self) -> &Arc<dyn Attester> {
+        &self.attester
+    }
+
+    pub fn chains(&self) -> &Arc<ChainCache> {
+        &self.chains
+    }
+
+    pub fn maa(&self, endpoint: &str) -> MaaClient {
+        MaaClient::new(self.http.clone(), endpoint, self.retry)
+    }
+
+    /// Evidence binding `runtime_data`: the report (report_data = SHA-256(runtime_data)) and its
+    /// chain, with the TCB refresh rule applied.
+    pub async fn evidence(&self, runtime_data: &[u8]) -> Result<Evidence> {
+        let attested = attest(
+            &self.attester,
+            &self.chains,
+            report_data_for_runtime(runtime_data),
+        )
+        .await?;
+        Ok(Evidence {
+            report: attested.raw,
+            cert_chain_pem: attested.endorsement.chain.to_pem(),
+            uvm_endorsements: attested.endorsement.uvm_reference_info.clone(),
+        })
+    }
+
+    /// An MAA token for `runtime_data` (not cached: each caller's data differs).
+    pub async fn token_for(&self, maa_endpoint: &str, runtime_data: &[u8]) -> Result<MaaToken> {
+        let evidence = self.evidence(runtime_data).await?;
+        self.counters.maa_calls.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .maa(maa_endpoint)
+            .attest(&evidence, runtime_data)
+            .await?)
+    }
+
+    /// The release token: runtime data = the transfer key's JWK set. Cached per MAA until
+    /// shortly before it expires (and at most the TTL).
+    async fn release_token(&self, maa_endpoint: &str) -> Result<MaaToken> {
+        let slot = slot(&self.tokens, maa_endpoint.to_owned());
+        let mut guard = slot.lock().await;
+        if let Some((token, at)) = guard.as_ref() {
+            if self.fresh(*at) && token.expires_at > unix_now() + 60 {
+                return Ok(token.clone());
+            }
+        }
+        let token = self
+            .token_for(maa_endpoint, &self.transfer_key.runtime_data())
+            .await?;
+        if !self.ttl.is_zero() {
+            *guard = Some((token.clone(), Instant::now()));
+        }
+        Ok(token)
+    }
+
+    /// Secure key release of `key`, attested by `maa_endpoint`.
+    pub async fn release(&self, key: &KeyUrl, maa_endpoint: &str) -> Result<Arc<ReleasedKey>> {
+        let slot = slot(&self.keys, (key.clone(), maa_endpoint.to_owned()));
+        // Holding the per-key lock across the flight is the single flight: later callers wait
+        // here and then find the result in the slot.
+        let mut guard = slot.lock().await;
+        if let Some((released, at)) = guard.as_ref() {
+            if self.fresh(*at) {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::clone(released));
+            }
+        }
+        let jwk = self
+            .release_uncached(key, maa_endpoint)
+            .instrument(tracing::info_span!("release", key = %key, maa = maa_endpoint))
+            .await?;
+        let released = Arc::new(ReleasedKey {
+            key: key.clone(),
+            jwk,
+        });
+        if !self.ttl.is_zero() {
+            *guard = Some((Arc::clone(&released), Instant::now()));
+        }
+        Ok(released)
+    }
+
+    async fn release_uncached(&self, key: &KeyUrl, maa_endpoint: &str) -> Result<Jwk> {
+        let token = self.release_token(maa_endpoint).await?;
+        let access = self.identity.token(resource_for_host(key.host())).await?;
+        self.counters.release_calls.fetch_add(1, Ordering::Relaxed);
+        let wrap = WrapAlgorithm::CkmRsaAesKeyWrap;
+        Ok(self
+            .kms
+            .release(key, &token.jwt, &access, &self.transfer_key, wrap)
+            .await?)
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.ttl
+    }
+}
+
+fn slot<K: std::hash::Hash + Eq, T>(
+    map: &std::sync::Mutex<HashMap<K, Slot<T>>>,
+    key: K,
+) -> Slot<T> {
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(map.entry(key).or_insert_with(|| Arc::new(Mutex::new(None))))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
