@@ -510,3 +510,32 @@ async fn workload_identity_exchanges_the_federated_token() {
     let again = identity.token(MHSM_RESOURCE).await.unwrap();
     assert_eq!(again.expose(), access.expose());
 }
+
+#[tokio::test]
+async fn injected_faults_fail_cleanly_and_the_next_call_after_them_succeeds() {
+    use aasp::emulator::faults::Faults;
+    let s = stack().await;
+    s.import("k", &Jwk::oct(&[6; 32]), &s.policy()).await;
+    for (spec, expect) in [
+        ("status=503", "HTTP 503"),
+        ("status=429", "HTTP 429"),
+        ("malformed", "EOF while parsing"),
+        ("drop", "attempts)"),
+    ] {
+        s.emulator.set_faults(spec.parse::<Faults>().unwrap());
+        let started = std::time::Instant::now();
+        let err = s.release("k").await.expect_err(spec).to_string();
+        assert!(err.contains(expect), "{spec}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{spec}: retries must be bounded"
+        );
+    }
+    s.emulator.set_faults(Faults::default());
+    let released = s.release("k").await.unwrap();
+    assert_eq!(
+        released.jwk.k,
+        Jwk::oct(&[6; 32]).k,
+        "a failure is never cached"
+    );
+}

@@ -1,5 +1,6 @@
 //! The `aasp` command line: one subcommand per job, each a thin layer over the library.
 
+mod azure;
 mod report;
 mod verify;
 
@@ -45,6 +46,19 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Fetch a report from the attester, print it decoded, and optionally verify it.
     Report(report::ReportArgs),
+    /// Run the local Azure emulator (THIM, IMDS, Entra ID, MAA, Managed HSM over HTTPS) for the
+    /// simulated SNP device.
+    Emulate(azure::EmulateArgs),
+    /// Create, import or show a key in Managed HSM / Key Vault (or the emulator).
+    Key {
+        #[command(subcommand)]
+        command: azure::KeyCommand,
+    },
+    /// Compute a security-policy digest (host_data) or generate a release policy.
+    Policy {
+        #[command(subcommand)]
+        command: azure::PolicyCommand,
+    },
     /// Start the whole local stack (emulators, simulated SNP, gRPC server).
     Dev,
 }
@@ -56,6 +70,23 @@ pub struct AttesterArgs {
     /// falls back to the simulator) or the local simulator (`sim`).
     #[arg(long, value_enum, env = env::AASP_ATTESTER, default_value_t = AttesterKind::Auto)]
     pub attester: AttesterKind,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+impl AttesterArgs {
+    pub fn state_dir(&self) -> PathBuf {
+        self.sim.state_dir()
+    }
+
+    pub fn open(&self) -> Result<Arc<dyn Attester>, String> {
+        attester::open(self.attester, &self.sim.sim_options()?).map_err(|e| e.to_string())
+    }
+}
+
+/// The state directory and the simulated device's settings.
+#[derive(Debug, Args)]
+pub struct SimArgs {
     /// State directory (simulator identity and keys) [default: ~/.local/state/aasp].
     #[arg(long, env = env::AASP_STATE_DIR)]
     pub state_dir: Option<PathBuf>,
@@ -73,7 +104,7 @@ pub struct AttesterArgs {
     pub sim_measurement: Option<[u8; 48]>,
 }
 
-impl AttesterArgs {
+impl SimArgs {
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(default_state_dir)
     }
@@ -98,9 +129,24 @@ impl AttesterArgs {
             chip_id: None,
         })
     }
+}
 
-    pub fn open(&self) -> Result<Arc<dyn Attester>, String> {
-        attester::open(self.attester, &self.sim_options()?).map_err(|e| e.to_string())
+/// Outbound TLS settings.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM file of extra CA certificates trusted for outbound HTTPS and for release-response
+    /// signatures (TLS verification always stays on).
+    #[arg(long, env = env::AASP_EXTRA_CA, value_name = "FILE")]
+    pub extra_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn client(&self) -> Result<reqwest::Client, String> {
+        crate::http::client(&crate::http::HttpOptions {
+            extra_ca: self.extra_ca.clone(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -113,9 +159,6 @@ pub struct ChainArgs {
     /// Endpoint of the chain source (THIM base URL, AzCache host, KDS base URL).
     #[arg(long, env = env::AASP_CERT_ENDPOINT)]
     pub cert_endpoint: Option<String>,
-    /// PEM file of extra CA certificates trusted for outbound HTTPS (TLS verification stays on).
-    #[arg(long, env = env::AASP_EXTRA_CA, value_name = "FILE")]
-    pub extra_ca: Option<PathBuf>,
     /// PEM file of additional trusted ARKs, beside AMD's embedded Milan, Genoa and Turin roots.
     #[arg(long, env = env::AASP_TRUST_ROOT, value_name = "FILE")]
     pub trust_root: Vec<PathBuf>,
@@ -129,12 +172,8 @@ impl ChainArgs {
         &self,
         attester: &dyn Attester,
         state_dir: &Path,
+        client: &reqwest::Client,
     ) -> Result<ChainCache, String> {
-        let client = crate::http::client(&crate::http::HttpOptions {
-            extra_ca: self.extra_ca.clone(),
-            ..Default::default()
-        })
-        .map_err(|e| e.to_string())?;
         let sidecar = SideCarArgs::from_env()?;
         let sim_context = (attester.name() == "sim" && self.cert_source == CertSourceKind::Auto)
             .then(|| state_dir.join("sim").join("security-context"));
@@ -148,7 +187,7 @@ impl ChainArgs {
             self.cert_endpoint.as_deref(),
             sidecar.as_ref(),
             sim_context.as_deref(),
-            &client,
+            client,
         )))
     }
 
@@ -226,6 +265,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Verify(args) => verify::run(args),
             Command::Report(args) => report::run(args).await,
+            Command::Emulate(args) => azure::emulate(args).await,
+            Command::Key { command } => azure::key(command).await,
+            Command::Policy { command } => azure::policy(command),
             Command::Dev => {
                 Err("`aasp dev` is not yet available: it arrives with the gRPC services".into())
             }
@@ -237,5 +279,14 @@ pub fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,7 +1,7 @@
 //! `aasp report`: a report from the attester, decoded, optionally verified.
 
 use super::verify::{exit_code, now_unix, print_checks};
-use super::{read_input, AttesterArgs, ChainArgs};
+use super::{read_input, AttesterArgs, ChainArgs, TlsArgs};
 use crate::snp::chain::attest;
 use crate::snp::evidence::Evidence;
 use crate::snp::report::{report_data_for_runtime, ReportView};
@@ -17,6 +17,8 @@ pub struct ReportArgs {
     attester: AttesterArgs,
     #[command(flatten)]
     chain: ChainArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Runtime data to bind: report_data = SHA-256(data) followed by 32 zero bytes. `-` reads
     /// stdin. Without it report_data is all zeros.
     #[arg(long, value_name = "FILE")]
@@ -53,9 +55,10 @@ pub async fn run(args: ReportArgs) -> Result<ExitCode, String> {
         print_report(&report, &raw, args.format, None)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let client = args.tls.client()?;
     let chains = args
         .chain
-        .chain_cache(attester.as_ref(), &args.attester.state_dir())?;
+        .chain_cache(attester.as_ref(), &args.attester.state_dir(), &client)?;
     let attested = attest(&attester, &chains, report_data)
         .await
         .map_err(|e| e.to_string())?;

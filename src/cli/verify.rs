@@ -94,7 +94,6 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
     let trust = ChainArgs {
         cert_source: crate::snp::chain::CertSourceKind::Auto,
         cert_endpoint: None,
-        extra_ca: None,
         trust_root: args.trust_root.clone(),
     }
     .trust_store(None)?;

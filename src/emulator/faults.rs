@@ -2,7 +2,7 @@
 //!
 //! Each rule fires on a request with its rate (default 1). `status` answers with that code
 //! (429 carries `Retry-After: 1`), `latency` delays the answer, `malformed` answers 200 with a
-//! body that is not JSON, `drop` closes the connection before TLS completes.
+//! body that is not JSON, `drop` resets the request's stream (HTTP/2) or closes its connection (HTTP/1.1).
 
 use std::time::Duration;
 

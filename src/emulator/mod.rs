@@ -231,22 +231,33 @@ async fn serve(
             },
             _ = stopped.changed() => return,
         };
-        let drop_it = state
-            .faults
-            .read()
-            .map(|f| f.draw().contains(&FaultKind::Drop))
-            .unwrap_or(false);
-        if drop_it {
-            drop(tcp);
-            continue;
-        }
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let state = Arc::clone(&state);
         tokio::spawn(async move {
             let Ok(tls_stream) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper_util::service::TowerToHyperService::new(router);
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let router = router.clone();
+                    let dropped = state
+                        .faults
+                        .read()
+                        .map(|f| f.draw().contains(&FaultKind::Drop))
+                        .unwrap_or(false);
+                    async move {
+                        if dropped {
+                            // A service error makes hyper reset the stream (HTTP/2) or close the
+                            // connection (HTTP/1.1): the client sees the connection drop.
+                            return Err(DroppedByFault);
+                        }
+                        use tower::ServiceExt;
+                        let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                        Ok(response.unwrap_or_else(|never| match never {}))
+                    }
+                },
+            );
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(tls_stream), service)
@@ -254,6 +265,17 @@ async fn serve(
         });
     }
 }
+
+#[derive(Debug)]
+struct DroppedByFault;
+
+impl std::fmt::Display for DroppedByFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for DroppedByFault {}
 
 /// Issued Entra/IMDS access tokens live this long.
 const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);

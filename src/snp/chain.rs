@@ -113,14 +113,17 @@ async fn get_bytes(
     url: &str,
     metadata_header: bool,
 ) -> std::result::Result<Vec<u8>, String> {
-    let mut request = client.get(url);
-    if metadata_header {
-        request = request.header("Metadata", "true");
-    }
-    let response = request
-        .send()
+    let build = || {
+        let request = client.get(url);
+        if metadata_header {
+            request.header("Metadata", "true")
+        } else {
+            request
+        }
+    };
+    let response = crate::http::send_with_retry(build, &crate::http::RetryPolicy::default())
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("GET {url}: HTTP {status}"));
