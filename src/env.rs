@@ -28,3 +28,19 @@ pub const UVM_SECURITY_POLICY: &str = "UVM_SECURITY_POLICY";
 pub const UVM_HOST_AMD_CERTIFICATE: &str = "UVM_HOST_AMD_CERTIFICATE";
 /// Legacy: base64 of the UVM reference info (COSE_Sign1).
 pub const UVM_REFERENCE_INFO: &str = "UVM_REFERENCE_INFO";
+/// `--listen`: gRPC listeners, comma-separated (`host:port` or `unix:///path`).
+pub const AASP_LISTEN: &str = "AASP_LISTEN";
+/// `--allow-remote`: permit non-loopback listeners.
+pub const AASP_ALLOW_REMOTE: &str = "AASP_ALLOW_REMOTE";
+/// `--maa-endpoint`: the default MAA.
+pub const AASP_MAA_ENDPOINT: &str = "AASP_MAA_ENDPOINT";
+/// `--keys-dir`: key-info files for keyprovider key references.
+pub const AASP_KEYS_DIR: &str = "AASP_KEYS_DIR";
+/// `--imds-endpoint`: IMDS base URL for managed identity.
+pub const AASP_IMDS_ENDPOINT: &str = "AASP_IMDS_ENDPOINT";
+/// `--client-id`: user-assigned managed identity.
+pub const AASP_CLIENT_ID: &str = "AASP_CLIENT_ID";
+/// `--access-token-file`: a KMS access token in a file (secrets come from files, not values).
+pub const AASP_ACCESS_TOKEN_FILE: &str = "AASP_ACCESS_TOKEN_FILE";
+/// `--cache-ttl`: seconds released keys and tokens stay cached (0 = off).
+pub const AASP_CACHE_TTL: &str = "AASP_CACHE_TTL";

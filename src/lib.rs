@@ -17,4 +17,5 @@ pub mod env;
 pub mod http;
 pub mod proto;
 pub mod provision;
+pub mod service;
 pub mod snp;

@@ -1,8 +1,11 @@
 //! The `aasp` command line: one subcommand per job, each a thin layer over the library.
 
 mod azure;
+pub mod dev;
 mod report;
+pub mod serve;
 mod verify;
+mod wrap;
 
 use crate::env;
 use crate::snp::attester::{self, Attester, AttesterKind};
@@ -59,8 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: azure::PolicyCommand,
     },
-    /// Start the whole local stack (emulators, simulated SNP, gRPC server).
-    Dev,
+    /// Serve the gRPC services (keyprovider, attestation agent, getresource, health, reflection).
+    Serve(serve::ServeArgs),
+    /// Start the whole local stack: Azure emulator, simulated SNP device, demo keys, gRPC server.
+    Dev(dev::DevArgs),
+    /// Protect a secret for an HSM key, offline: writes base64(annotation JSON).
+    Wrap(wrap::WrapArgs),
 }
 
 /// Which attester to open, and the simulator's settings when it is the simulator.
@@ -268,9 +275,9 @@ pub fn main() -> ExitCode {
             Command::Emulate(args) => azure::emulate(args).await,
             Command::Key { command } => azure::key(command).await,
             Command::Policy { command } => azure::policy(command),
-            Command::Dev => {
-                Err("`aasp dev` is not yet available: it arrives with the gRPC services".into())
-            }
+            Command::Serve(args) => serve::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Wrap(args) => wrap::run(args).await,
         }
     });
     match result {

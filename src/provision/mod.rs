@@ -8,6 +8,8 @@
 //!
 //! Owns the flow, its caches and single-flight. Must not know transports (gRPC, REST).
 
+pub mod layer;
+
 use crate::azure::ckm::{TransferKey, WrapAlgorithm};
 use crate::azure::identity::{resource_for_host, IdentityProvider};
 use crate::azure::jwk::Jwk;
@@ -31,6 +33,9 @@ pub enum Error {
     Snp(#[from] crate::snp::Error),
     #[error(transparent)]
     Azure(#[from] crate::azure::Error),
+    /// The caller's request cannot be acted on (malformed packet, unknown key reference).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,258 @@
+//! `aasp dev`: the whole stack on one machine — the Azure emulator, the simulated SNP device,
+//! two demo keys bound to the simulated workload, and the gRPC server wired to them through the
+//! production clients.
+
+use super::serve::{self, BackendArgs};
+use super::{AttesterArgs, ChainArgs, SimArgs, TlsArgs};
+use crate::azure::identity::{IdentityProvider, IdentitySource, MHSM_RESOURCE};
+use crate::azure::jwk::{Jwk, KeyFamily};
+use crate::azure::jws::Anchors;
+use crate::azure::kms::{KeyUrl, KmsClient};
+use crate::azure::policy::ReleasePolicy;
+use crate::http::RetryPolicy;
+use crate::provision::layer::{spki_to_pem, KeyInfo};
+use crate::service::{Backend, Listen};
+use crate::snp::attester::{Attester, AttesterKind};
+use crate::snp::chain::CertSourceKind;
+use crate::snp::sim::Simulated;
+use aws_lc_rs::encoding::AsDer;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEMO_RSA_KEY: &str = "demo-rsa";
+pub const DEMO_OCT_KEY: &str = "demo-oct";
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// gRPC listeners (host:port or unix:///path); repeatable.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50000")]
+    pub listen: Vec<Listen>,
+    /// Where the Azure emulator listens (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub emulator_listen: SocketAddr,
+    /// State directory: simulator identity, emulator CA, keys, client configuration
+    /// [default: ~/.local/state/aasp].
+    #[arg(long, env = crate::env::AASP_STATE_DIR)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The running development stack.
+pub struct DevStack {
+    pub emulator: crate::emulator::Running,
+    pub server: serve::Running,
+    pub backend: Arc<Backend>,
+    pub state_dir: PathBuf,
+    pub keys_dir: PathBuf,
+    pub ocicrypt_config: PathBuf,
+}
+
+/// Starts the emulator, imports the demo keys, writes client configuration and serves.
+pub async fn start(
+    listen: &[Listen],
+    emulator_listen: SocketAddr,
+    state_dir: &Path,
+) -> Result<DevStack, String> {
+    serve::check_listeners(listen, false)?;
+    let sim_args = SimArgs {
+        state_dir: Some(state_dir.to_path_buf()),
+        sim_security_policy: None,
+        sim_debug: false,
+        sim_tcb: None,
+        sim_measurement: None,
+    };
+    let sim = Simulated::open(&sim_args.sim_options()?).map_err(|e| e.to_string())?;
+    let mut config = crate::emulator::Config::new(state_dir.to_path_buf());
+    config.listen = emulator_listen;
+    config.extra_roots = sim.simulated_root().into_iter().collect();
+    config.thim_json = Some(sim.thim_json());
+    let emulator = crate::emulator::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let keys_dir = state_dir.join("keys");
+    import_demo_keys(&emulator, &hex::encode(sim.host_data()), &keys_dir).await?;
+    let backend = BackendArgs {
+        maa_endpoint: Some(emulator.host()),
+        keys_dir: Some(keys_dir.clone()),
+        provider_name: Vec::new(),
+        imds_endpoint: Some(emulator.url.clone()),
+        client_id: None,
+        access_token_file: None,
+        cache_ttl: 300,
+        attester: AttesterArgs {
+            attester: AttesterKind::Sim,
+            sim: sim_args,
+        },
+        // The production THIM client, pointed at the emulator.
+        chain: ChainArgs {
+            cert_source: CertSourceKind::Thim,
+            cert_endpoint: Some(emulator.url.clone()),
+            trust_root: Vec::new(),
+        },
+        tls: TlsArgs {
+            extra_ca: Some(emulator.ca_path.clone()),
+        },
+    }
+    .build()?;
+    let server = serve::start(Arc::clone(&backend), listen).await?;
+    let grpc = server
+        .listeners
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let ocicrypt_config = state_dir.join("ocicrypt_keyprovider.conf");
+    let conf = serde_json::json!({ "key-providers": { "attestation-agent": { "grpc": grpc } } });
+    std::fs::write(&ocicrypt_config, conf.to_string())
+        .map_err(|e| format!("{}: {e}", ocicrypt_config.display()))?;
+    Ok(DevStack {
+        emulator,
+        server,
+        backend,
+        state_dir: state_dir.to_path_buf(),
+        keys_dir,
+        ocicrypt_config,
+    })
+}
+
+async fn import_demo_keys(
+    emulator: &crate::emulator::Running,
+    hostdata: &str,
+    keys_dir: &Path,
+) -> Result<(), String> {
+    let client = TlsArgs {
+        extra_ca: Some(emulator.ca_path.clone()),
+    }
+    .client()?;
+    let identity = IdentityProvider::new(
+        client.clone(),
+        IdentitySource::Imds {
+            base: emulator.url.clone(),
+            client_id: None,
+        },
+        RetryPolicy::default(),
+    );
+    let access = identity
+        .token(MHSM_RESOURCE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let anchors = Anchors::from_pem_file(&emulator.ca_path).map_err(|e| e.to_string())?;
+    let kms = KmsClient::new(client, anchors, RetryPolicy::default());
+    let policy = ReleasePolicy::for_hostdata(&emulator.host(), hostdata, &[]);
+
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072)
+        .map_err(|_| "RSA generation failed")?;
+    let rsa_der = rsa.as_der().map_err(|_| "RSA encoding failed")?;
+    let rsa_jwk = Jwk::from_pkcs8(KeyFamily::Rsa, rsa_der.as_ref()).map_err(|e| e.to_string())?;
+    let mut oct = zeroize::Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), oct.as_mut())
+        .map_err(|_| "no randomness")?;
+    let oct_jwk = Jwk::oct(oct.as_ref());
+    for (name, jwk) in [(DEMO_RSA_KEY, &rsa_jwk), (DEMO_OCT_KEY, &oct_jwk)] {
+        kms.import(&KeyUrl::new(&emulator.url, name), jwk, &policy, &access)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+
+    std::fs::create_dir_all(keys_dir).map_err(|e| format!("{}: {e}", keys_dir.display()))?;
+    let spki = rsa_jwk.rsa_public_spki().map_err(|e| e.to_string())?;
+    std::fs::write(
+        keys_dir.join(format!("{DEMO_RSA_KEY}.pem")),
+        spki_to_pem(&spki),
+    )
+    .map_err(|e| e.to_string())?;
+    for (name, public_key_path) in [
+        (DEMO_RSA_KEY, format!("{DEMO_RSA_KEY}.pem")),
+        (DEMO_OCT_KEY, String::new()),
+    ] {
+        let info = KeyInfo {
+            public_key_path,
+            kms_endpoint: emulator.url.clone(),
+            attester_endpoint: emulator.host(),
+        };
+        let path = keys_dir.join(format!("{name}-info.json"));
+        let text = serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(super::default_state_dir);
+    let stack = start(&args.listen, args.emulator_listen, &state_dir).await?;
+    print_guide(&stack);
+    serve::wait_for_signal().await;
+    println!("stopping");
+    stack.server.shutdown(Duration::from_secs(5)).await;
+    stack.emulator.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_guide(stack: &DevStack) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let grpc = stack
+        .server
+        .listeners
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    for l in &stack.server.listeners {
+        println!("aasp serving gRPC on {l}");
+    }
+    println!(
+        "attester: sim (simulated SEV-SNP); certificate chain: THIM at {}",
+        stack.emulator.url
+    );
+    println!(
+        "Azure emulator: {} (dev CA {})",
+        stack.emulator.url,
+        stack.emulator.ca_path.display()
+    );
+    println!(
+        "demo keys: {DEMO_RSA_KEY} (RSA-3072), {DEMO_OCT_KEY} (AES-256), key info in {}",
+        stack.keys_dir.display()
+    );
+    println!("ocicrypt config: {}", stack.ocicrypt_config.display());
+    let wrap = serde_json::json!({
+        "op": "keywrap",
+        "keywrapparams": {
+            "ec": { "Parameters": { "attestation-agent": [b64.encode(format!("aasp:{DEMO_RSA_KEY}"))] } },
+            "optsdata": b64.encode([0x42u8; 32]),
+        }
+    });
+    let unwrap_template = serde_json::json!({
+        "op": "keyunwrap",
+        "keyunwrapparams": { "dc": { "Parameters": { "attestation-agent": [b64.encode("aasp")] } }, "annotation": "<annotation>" }
+    });
+    println!();
+    println!("Try it (grpcurl; reflection is on, no proto files needed):");
+    println!("  grpcurl -plaintext {grpc} list");
+    println!("  grpcurl -plaintext -d '{{\"name\":\"dev\"}}' {grpc} keyprovider.KeyProviderService/SayHello");
+    println!("  grpcurl -plaintext -d '{{\"reportDataHexString\":\"00ff\"}}' {grpc} keyprovider.KeyProviderService/GetReport");
+    println!(
+        "  grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/WrapKey",
+        b64.encode(wrap.to_string())
+    );
+    println!(
+        "  # UnWrapKey: put WrapKey's annotation into this JSON, base64 it, send it the same way:"
+    );
+    println!("  #   {unwrap_template}");
+    println!("  grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
+    println!("  grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
+    println!("  grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
+    println!(
+        "  grpcurl -plaintext -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' {grpc} getresource.GetResourceService/GetResource",
+        stack.emulator.url
+    );
+    println!("  grpcurl -plaintext {grpc} grpc.health.v1.Health/Check");
+    println!("Python client (grpcio): python3 examples/python/aasp_client.py --target {grpc} --keys-dir {}", stack.keys_dir.display());
+    println!("Protect a file for the demo key: aasp wrap --key-ref {DEMO_RSA_KEY} --keys-dir {} --in FILE --out FILE.annotation", stack.keys_dir.display());
+    println!("Ctrl-C stops everything.");
+}

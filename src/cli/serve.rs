@@ -1,0 +1,211 @@
+//! `aasp serve`: the gRPC server.
+
+use super::{AttesterArgs, ChainArgs, TlsArgs};
+use crate::azure::identity::{IdentityProvider, IdentitySource};
+use crate::azure::jws::Anchors;
+use crate::azure::kms::KmsClient;
+use crate::azure::Secret;
+use crate::env;
+use crate::http::RetryPolicy;
+use crate::provision::{Provisioner, ProvisionerParts};
+use crate::service::{grpc_router, report_readiness, Backend, Bound, Limits, Listen};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on: host:port or unix:///path; repeatable. Every listener serves
+    /// every service.
+    #[arg(long, env = env::AASP_LISTEN, value_delimiter = ',', default_value = "127.0.0.1:50000")]
+    pub listen: Vec<Listen>,
+    /// Allow non-loopback TCP listeners (aasp hands out keys: keep it inside the pod).
+    #[arg(long, env = env::AASP_ALLOW_REMOTE)]
+    pub allow_remote: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Seconds to let in-flight calls finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+/// What the services need to attest and release keys.
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// MAA endpoint used when a request names none (GetToken, GetResource, key references).
+    #[arg(long, env = env::AASP_MAA_ENDPOINT, value_name = "HOST")]
+    pub maa_endpoint: Option<String>,
+    /// Directory of `<name>-info.json` key-info files for keyprovider key references.
+    #[arg(long, env = env::AASP_KEYS_DIR, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// Extra ocicrypt provider name accepted besides "attestation-agent"; repeatable.
+    #[arg(long)]
+    pub provider_name: Vec<String>,
+    /// IMDS base URL for managed identity [default: http://169.254.169.254].
+    #[arg(long, env = env::AASP_IMDS_ENDPOINT, value_name = "URL")]
+    pub imds_endpoint: Option<String>,
+    /// Client id of a user-assigned managed identity.
+    #[arg(long, env = env::AASP_CLIENT_ID)]
+    pub client_id: Option<String>,
+    /// File holding a KMS access token (instead of managed or workload identity).
+    #[arg(long, env = env::AASP_ACCESS_TOKEN_FILE, value_name = "FILE")]
+    pub access_token_file: Option<PathBuf>,
+    /// Seconds released keys and MAA tokens stay cached; 0 turns caching off.
+    #[arg(long, env = env::AASP_CACHE_TTL, default_value_t = 300)]
+    pub cache_ttl: u64,
+    #[command(flatten)]
+    pub attester: AttesterArgs,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+impl BackendArgs {
+    /// Builds the backend. The transfer key is generated here, before any request.
+    pub fn build(&self) -> Result<Arc<Backend>, String> {
+        let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
+        let attester = self.attester.open()?;
+        let client = self.tls.client()?;
+        let chains =
+            self.chain
+                .chain_cache(attester.as_ref(), &self.attester.state_dir(), &client)?;
+        let client_id = self.client_id.clone().or_else(|| {
+            sidecar
+                .as_ref()
+                .and_then(|s| s.identity.as_ref())
+                .map(|i| i.client_id.clone())
+                .filter(|c| !c.is_empty())
+        });
+        let source = match &self.access_token_file {
+            Some(path) => IdentitySource::Static(Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            )),
+            None => IdentitySource::from_env(self.imds_endpoint.clone(), client_id),
+        };
+        let retry = RetryPolicy::default();
+        let anchors =
+            Anchors::system_and(self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
+        let provisioner = Provisioner::new(ProvisionerParts {
+            attester,
+            chains: Arc::new(chains),
+            identity: Arc::new(IdentityProvider::new(client.clone(), source, retry)),
+            kms: Arc::new(KmsClient::new(client.clone(), anchors, retry)),
+            http: client,
+            retry,
+            cache_ttl: Duration::from_secs(self.cache_ttl),
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Backend {
+            provisioner: Arc::new(provisioner),
+            keys_dir: self.keys_dir.clone(),
+            default_maa: self.maa_endpoint.clone(),
+            provider_names: self.provider_name.clone(),
+        }))
+    }
+}
+
+/// Refuses non-loopback TCP listeners unless allowed, and warns when they are.
+pub fn check_listeners(listen: &[Listen], allow_remote: bool) -> Result<(), String> {
+    for l in listen {
+        if let Listen::Tcp(addr) = l {
+            if !addr.ip().is_loopback() {
+                if !allow_remote {
+                    return Err(format!(
+                        "--listen {addr} is not a loopback address: aasp releases keys to whoever asks, so it \
+                         listens inside the pod only; add --allow-remote if the network is really private"
+                    ));
+                }
+                tracing::warn!(%addr, "listening on a non-loopback address (--allow-remote)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A running server: its bound addresses and a way to stop it.
+pub struct Running {
+    pub listeners: Vec<Listen>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight calls finish for up to `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "in-flight calls did not finish within the grace period"
+            );
+        }
+    }
+}
+
+/// Binds every listener and serves the backend on each.
+pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, String> {
+    let (router, health) = grpc_router(Arc::clone(&backend), &Limits::default());
+    tokio::spawn(report_readiness(Arc::clone(&backend), health));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut listeners = Vec::new();
+    let mut tasks = Vec::new();
+    for l in listen {
+        let bound = Bound::bind(l)
+            .await
+            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        listeners.push(bound.local());
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tasks.push(tokio::spawn(bound.serve(router.clone(), shutdown)));
+    }
+    Ok(Running {
+        listeners,
+        stop,
+        tasks,
+    })
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    check_listeners(&args.listen, args.allow_remote)?;
+    let backend = args.backend.build()?;
+    let running = start(Arc::clone(&backend), &args.listen).await?;
+    for l in &running.listeners {
+        println!("aasp serving gRPC on {l}");
+    }
+    println!(
+        "attester: {}; certificate chain: {}",
+        backend.provisioner.attester().name(),
+        backend.provisioner.chains().describe()
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running
+        .shutdown(Duration::from_secs(args.shutdown_grace))
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `aasp wrap`: protect a secret (a layer key, a small credential) for an HSM key, offline.
+
+use super::{read_input, TlsArgs};
+use crate::azure::identity::{resource_for_host, IdentityProvider, IdentitySource};
+use crate::azure::jwk::KeyFamily;
+use crate::azure::jws::Anchors;
+use crate::azure::kms::KmsClient;
+use crate::azure::Secret;
+use crate::http::RetryPolicy;
+use crate::provision::layer::{resolve, wrap_rsa};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// The key: a key-info name (with --keys-dir), or https://<kms>/keys/<name>?maa=<maa-host>.
+    #[arg(long, value_name = "REF")]
+    key_ref: String,
+    /// Directory of `<name>-info.json` files.
+    #[arg(long, env = crate::env::AASP_KEYS_DIR, value_name = "DIR")]
+    keys_dir: Option<PathBuf>,
+    /// MAA endpoint, when the key reference names none.
+    #[arg(long, value_name = "HOST")]
+    maa: Option<String>,
+    /// The secret to protect (`-` reads stdin). RSA-OAEP bounds its size: 190 bytes for
+    /// RSA-2048, 318 for RSA-3072, 446 for RSA-4096.
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
+    /// Where to write base64(annotation JSON): the value keyprovider's `annotation` carries.
+    #[arg(long = "out", value_name = "FILE")]
+    output: PathBuf,
+    /// For a KMS URL: file holding an access token (else workload identity, else IMDS).
+    #[arg(long, value_name = "FILE")]
+    access_token_file: Option<PathBuf>,
+    /// For a KMS URL: IMDS base URL.
+    #[arg(long, value_name = "URL")]
+    imds_endpoint: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
+    let secret = zeroize::Zeroizing::new(read_input(&args.input)?);
+    let resolved = resolve(&args.key_ref, args.keys_dir.as_deref(), args.maa.as_deref())
+        .map_err(|e| e.to_string())?;
+    let spki = match &resolved.public_spki {
+        Some(spki) => spki.clone(),
+        None => {
+            // Only the public half is needed: fetch it from the KMS.
+            let client = args.tls.client()?;
+            let source = match &args.access_token_file {
+                Some(path) => IdentitySource::Static(Secret::new(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                )),
+                None => IdentitySource::from_env(args.imds_endpoint.clone(), None),
+            };
+            let access = IdentityProvider::new(client.clone(), source, RetryPolicy::default())
+                .token(resource_for_host(resolved.key.host()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let anchors =
+                Anchors::system_and(args.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
+            let bundle = KmsClient::new(client, anchors, RetryPolicy::default())
+                .get(&resolved.key, &access)
+                .await
+                .map_err(|e| e.to_string())?;
+            if bundle.key.family().map_err(|e| e.to_string())? != KeyFamily::Rsa {
+                return Err(format!(
+                    "{} is a {} key: only RSA keys can be wrapped to offline; use WrapKey inside the TEE for oct keys",
+                    resolved.key, bundle.key.kty
+                ));
+            }
+            bundle.key.rsa_public_spki().map_err(|e| e.to_string())?
+        }
+    };
+    let packet = wrap_rsa(&resolved, &spki, &secret).map_err(|e| e.to_string())?;
+    std::fs::write(&args.output, packet.to_annotation())
+        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    eprintln!(
+        "wrapped {} bytes for {} ({}) into {}",
+        secret.len(),
+        resolved.key,
+        packet.wrap_type,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,385 @@
+//! Image layer keys: wrapping a layer key into an annotation packet, and unwrapping it by a
+//! secure key release inside the TEE.
+//!
+//! Annotation packet (the JSON ocicrypt stores, base64, in the image's annotation):
+//! `{"kid","wrapped_data":b64,"iv":b64 (omitted when empty),"wrap_type","kms_endpoint","attester_endpoint"}`.
+//! RSA keys wrap with RSA-OAEP-SHA256 (empty label), `wrap_type` `rsa_<bits>`; oct keys with
+//! AES-256-GCM (12-byte IV, tag appended), `wrap_type` `A256GCM`.
+
+use crate::azure::jwk::{Jwk, KeyFamily};
+use crate::azure::kms::KeyUrl;
+use crate::azure::Error as AzureError;
+use crate::provision::{Error, Provisioner, Result};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rsa::{
+    OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
+    OAEP_SHA256_MGF1SHA256,
+};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+pub const WRAP_TYPE_AES_GCM: &str = "A256GCM";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnotationPacket {
+    pub kid: String,
+    pub wrapped_data: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub iv: String,
+    pub wrap_type: String,
+    pub kms_endpoint: String,
+    pub attester_endpoint: String,
+}
+
+impl AnnotationPacket {
+    /// Parses the base64 annotation ocicrypt hands back.
+    pub fn from_annotation(annotation_b64: &str) -> Result<Self> {
+        let json = STANDARD
+            .decode(annotation_b64.trim())
+            .map_err(|_| invalid("the annotation is not standard base64"))?;
+        serde_json::from_slice(&json).map_err(|e| {
+            invalid(format!(
+                "the annotation is not an aasp annotation packet: {e}"
+            ))
+        })
+    }
+
+    pub fn to_annotation(&self) -> String {
+        STANDARD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}
+
+/// `<keys-dir>/<name>-info.json`: where a key lives and, for RSA keys, its public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key_path: String,
+    pub kms_endpoint: String,
+    pub attester_endpoint: String,
+}
+
+/// A key reference resolved to where it lives and how to wrap to it.
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    pub key: KeyUrl,
+    pub maa: String,
+    /// RSA public key as SubjectPublicKeyInfo DER, when known without a release.
+    pub public_spki: Option<Vec<u8>>,
+}
+
+/// Resolves `key-ref`: a key-info name in `keys_dir`, or `https://<kms>/keys/<name>?maa=<maa>`.
+pub fn resolve(
+    key_ref: &str,
+    keys_dir: Option<&Path>,
+    default_maa: Option<&str>,
+) -> Result<ResolvedKey> {
+    if key_ref.starts_with("https://") || key_ref.starts_with("http://") {
+        let url = url::Url::parse(key_ref)
+            .map_err(|e| invalid(format!("key reference {key_ref:?}: {e}")))?;
+        let maa = url
+            .query_pairs()
+            .find(|(k, _)| k == "maa")
+            .map(|(_, v)| v.into_owned())
+            .or_else(|| default_maa.map(str::to_owned))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "key reference {key_ref:?} names no MAA (?maa=<host>) and none is configured"
+                ))
+            })?;
+        return Ok(ResolvedKey {
+            key: KeyUrl::parse(key_ref)?,
+            maa,
+            public_spki: None,
+        });
+    }
+    if key_ref.is_empty() || key_ref.contains('/') || key_ref.contains("..") {
+        return Err(invalid(format!("key name {key_ref:?} is not a plain name")));
+    }
+    let dir = keys_dir.ok_or_else(|| {
+        invalid(format!(
+            "key {key_ref:?}: no keys directory is configured (--keys-dir)"
+        ))
+    })?;
+    let info_path = dir.join(format!("{key_ref}-info.json"));
+    let info: KeyInfo = serde_json::from_slice(
+        &std::fs::read(&info_path)
+            .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?,
+    )
+    .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?;
+    let public_spki = if info.public_key_path.is_empty() {
+        None
+    } else {
+        // Relative to the info file, never to the server's working directory.
+        let path: PathBuf = dir.join(&info.public_key_path);
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(format!("public key {}: {e}", path.display())))?;
+        Some(spki_from_pem(&pem).ok_or_else(|| {
+            invalid(format!(
+                "public key {} is not a PEM public key",
+                path.display()
+            ))
+        })?)
+    };
+    Ok(ResolvedKey {
+        key: KeyUrl::new(&info.kms_endpoint, key_ref),
+        maa: info.attester_endpoint,
+        public_spki,
+    })
+}
+
+fn spki_from_pem(pem: &str) -> Option<Vec<u8>> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    if !pem.contains("BEGIN PUBLIC KEY") {
+        return None;
+    }
+    STANDARD.decode(body.trim()).ok()
+}
+
+/// PEM of a SubjectPublicKeyInfo, as key-info files hold it.
+pub fn spki_to_pem(spki: &[u8]) -> String {
+    let b64 = STANDARD.encode(spki);
+    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    out
+}
+
+/// Wraps `layer_key` to an RSA public key (offline: no TEE needed).
+pub fn wrap_rsa(resolved: &ResolvedKey, spki: &[u8], layer_key: &[u8]) -> Result<AnnotationPacket> {
+    let public = PublicEncryptingKey::from_der(spki)
+        .map_err(|_| invalid("the public key is not an RSA key"))?;
+    let bits = public.key_size_bits();
+    let public = OaepPublicEncryptingKey::new(public)
+        .map_err(|_| invalid("the RSA key is not usable for OAEP"))?;
+    let mut out = vec![0u8; public.ciphertext_size()];
+    let wrapped = public
+        .encrypt(&OAEP_SHA256_MGF1SHA256, layer_key, &mut out, None)
+        .map_err(|_| invalid("the layer key is too long for RSA-OAEP with this key"))?;
+    Ok(packet(
+        resolved,
+        STANDARD.encode(wrapped),
+        String::new(),
+        format!("rsa_{bits}"),
+    ))
+}
+
+fn packet(
+    resolved: &ResolvedKey,
+    wrapped_data: String,
+    iv: String,
+    wrap_type: String,
+) -> AnnotationPacket {
+    AnnotationPacket {
+        kid: resolved.key.name.clone(),
+        wrapped_data,
+        iv,
+        wrap_type,
+        kms_endpoint: resolved.key.base.clone(),
+        attester_endpoint: resolved.maa.clone(),
+    }
+}
+
+/// Wraps `layer_key` with a released key: RSA (its public half) or oct (AES-256-GCM).
+pub fn wrap_with(resolved: &ResolvedKey, key: &Jwk, layer_key: &[u8]) -> Result<AnnotationPacket> {
+    match key.family()? {
+        KeyFamily::Rsa => wrap_rsa(resolved, &key.rsa_public_spki()?, layer_key),
+        KeyFamily::Oct => {
+            let secret = key.oct_bytes()?;
+            let mut iv = [0u8; 12];
+            SystemRandom::new()
+                .fill(&mut iv)
+                .map_err(|_| invalid("no randomness"))?;
+            let aead = aes_gcm_key(&secret)?;
+            let mut sealed = layer_key.to_vec();
+            aead.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(iv),
+                Aad::empty(),
+                &mut sealed,
+            )
+            .map_err(|_| invalid("AES-GCM encryption failed"))?;
+            Ok(packet(
+                resolved,
+                STANDARD.encode(sealed),
+                STANDARD.encode(iv),
+                WRAP_TYPE_AES_GCM.into(),
+            ))
+        }
+        KeyFamily::Ec => Err(invalid(
+            "EC keys cannot wrap layer keys; use an RSA or oct key",
+        )),
+    }
+}
+
+fn aes_gcm_key(secret: &[u8]) -> Result<LessSafeKey> {
+    let unbound = UnboundKey::new(&AES_256_GCM, secret)
+        .map_err(|_| invalid("the oct key is not 256 bits"))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// Recovers the layer key from `packet` with the released `key`.
+pub fn unwrap_with(packet: &AnnotationPacket, key: &Jwk) -> Result<Zeroizing<Vec<u8>>> {
+    let wrapped = STANDARD
+        .decode(&packet.wrapped_data)
+        .map_err(|_| invalid("wrapped_data is not base64"))?;
+    match (key.family()?, packet.wrap_type.as_str()) {
+        (KeyFamily::Rsa, t) if t.starts_with("rsa_") => {
+            let private = PrivateDecryptingKey::from_pkcs8(&key.to_pkcs8()?)
+                .map_err(|_| invalid("the released RSA key is not usable"))?;
+            let private = OaepPrivateDecryptingKey::new(private)
+                .map_err(|_| invalid("the released RSA key is not usable"))?;
+            let mut out = Zeroizing::new(vec![0u8; private.min_output_size()]);
+            let len = private
+                .decrypt(&OAEP_SHA256_MGF1SHA256, &wrapped, &mut out, None)
+                .map_err(|_| {
+                    Error::Azure(AzureError::Unwrap(
+                        "the layer key does not decrypt with the released key".into(),
+                    ))
+                })?
+                .len();
+            out.truncate(len);
+            Ok(out)
+        }
+        (KeyFamily::Oct, WRAP_TYPE_AES_GCM) => {
+            let iv: [u8; 12] = STANDARD
+                .decode(&packet.iv)
+                .ok()
+                .and_then(|iv| iv.try_into().ok())
+                .ok_or_else(|| invalid("iv must be 12 bytes of base64 for A256GCM"))?;
+            let aead = aes_gcm_key(&key.oct_bytes()?)?;
+            let mut buf = Zeroizing::new(wrapped);
+            let len = aead
+                .open_in_place(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut buf)
+                .map_err(|_| {
+                    Error::Azure(AzureError::Unwrap(
+                        "the layer key does not decrypt with the released key".into(),
+                    ))
+                })?
+                .len();
+            buf.truncate(len);
+            Ok(buf)
+        }
+        (family, wrap_type) => Err(invalid(format!(
+            "wrap_type {wrap_type:?} does not match the released {family:?} key"
+        ))),
+    }
+}
+
+impl Provisioner {
+    /// Wraps a layer key to `resolved`: offline for RSA keys whose public key is known, else
+    /// with the key itself, released into this TEE (oct keys need their secret to encrypt).
+    pub async fn wrap_layer_key(
+        &self,
+        resolved: &ResolvedKey,
+        layer_key: &[u8],
+    ) -> Result<AnnotationPacket> {
+        if let Some(spki) = &resolved.public_spki {
+            return wrap_rsa(resolved, spki, layer_key);
+        }
+        let released = self.release(&resolved.key, &resolved.maa).await?;
+        wrap_with(resolved, &released.jwk, layer_key)
+    }
+
+    /// Unwraps a layer key: secure key release of the packet's key, then decrypt.
+    pub async fn unwrap_layer_key(&self, packet: &AnnotationPacket) -> Result<Zeroizing<Vec<u8>>> {
+        if packet.kms_endpoint.is_empty()
+            || packet.attester_endpoint.is_empty()
+            || packet.kid.is_empty()
+        {
+            return Err(invalid(
+                "the annotation packet lacks kid, kms_endpoint or attester_endpoint",
+            ));
+        }
+        let key = KeyUrl::new(&packet.kms_endpoint, &packet.kid);
+        let released = self.release(&key, &packet.attester_endpoint).await?;
+        unwrap_with(packet, &released.jwk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved() -> ResolvedKey {
+        ResolvedKey {
+            key: KeyUrl::new("kms.example", "k"),
+            maa: "maa.example".into(),
+            public_spki: None,
+        }
+    }
+
+    #[test]
+    fn oct_round_trip_and_tamper() {
+        let key = Jwk::oct(&[9; 32]);
+        let packet = wrap_with(&resolved(), &key, b"layer key bytes").unwrap();
+        assert_eq!(packet.wrap_type, "A256GCM");
+        assert_eq!(STANDARD.decode(&packet.iv).unwrap().len(), 12);
+        let back = AnnotationPacket::from_annotation(&packet.to_annotation()).unwrap();
+        assert_eq!(back, packet);
+        assert_eq!(
+            unwrap_with(&back, &key).unwrap().as_slice(),
+            b"layer key bytes"
+        );
+        let mut tampered = back.clone();
+        tampered.wrapped_data = STANDARD.encode([0u8; 31]);
+        assert!(unwrap_with(&tampered, &key).is_err());
+        assert!(unwrap_with(&back, &Jwk::oct(&[8; 32])).is_err());
+    }
+
+    #[test]
+    fn rsa_round_trip() {
+        use aws_lc_rs::encoding::AsDer;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let jwk = Jwk::from_pkcs8(KeyFamily::Rsa, pair.as_der().unwrap().as_ref()).unwrap();
+        let packet = wrap_with(&resolved(), &jwk, &[7; 32]).unwrap();
+        assert_eq!(packet.wrap_type, "rsa_2048");
+        assert!(packet.iv.is_empty() && !packet.to_annotation().is_empty());
+        assert!(
+            !String::from_utf8(STANDARD.decode(packet.to_annotation()).unwrap())
+                .unwrap()
+                .contains("\"iv\"")
+        );
+        assert_eq!(unwrap_with(&packet, &jwk).unwrap().as_slice(), &[7; 32]);
+    }
+
+    #[test]
+    fn key_references() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("demo-info.json"),
+            r#"{"public_key_path":"demo.pem","kms_endpoint":"kms.example","attester_endpoint":"maa.example"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("demo.pem"), spki_to_pem(&[0x30, 0x00])).unwrap();
+        let r = resolve("demo", Some(dir.path()), None).unwrap();
+        assert_eq!(
+            (r.key.base.as_str(), r.key.name.as_str(), r.maa.as_str()),
+            ("https://kms.example", "demo", "maa.example")
+        );
+        assert_eq!(r.public_spki.unwrap(), vec![0x30, 0x00]);
+        let r = resolve("https://kms.example/keys/k2?maa=maa2.example", None, None).unwrap();
+        assert_eq!(
+            (r.key.name.as_str(), r.maa.as_str()),
+            ("k2", "maa2.example")
+        );
+        assert!(resolve("../etc/passwd", Some(dir.path()), None).is_err());
+        assert!(resolve("missing", Some(dir.path()), None)
+            .unwrap_err()
+            .to_string()
+            .contains("missing-info.json"));
+        assert!(resolve("https://kms.example/keys/k2", None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("names no MAA"));
+    }
+}

@@ -1,0 +1,90 @@
+//! The one place errors become gRPC statuses (and, for REST, HTTP statuses): classified by what
+//! the caller can do about them, with a message that says what to fix and no secret in it.
+
+use crate::azure::Error as AzureError;
+use crate::provision::Error as ProvisionError;
+use crate::snp::Error as SnpError;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Attestation or policy refused the request.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+}
+
+impl From<SnpError> for ServiceError {
+    fn from(e: SnpError) -> Self {
+        ServiceError::Provision(ProvisionError::Snp(e))
+    }
+}
+
+impl ServiceError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ServiceError::InvalidArgument(message.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+            ServiceError::Provision(ProvisionError::Invalid(_)) => Code::InvalidArgument,
+            ServiceError::Provision(ProvisionError::Snp(e)) => snp_code(e),
+            ServiceError::Provision(ProvisionError::Azure(e)) => azure_code(e),
+        }
+    }
+}
+
+fn snp_code(e: &SnpError) -> Code {
+    match e {
+        SnpError::NoDevice { .. } | SnpError::Simulator { .. } => Code::FailedPrecondition,
+        SnpError::Device { .. } | SnpError::Firmware { .. } | SnpError::TcbMismatch { .. } => {
+            Code::FailedPrecondition
+        }
+        SnpError::ChainSource { .. } => Code::Unavailable,
+        SnpError::Verification(_) => Code::PermissionDenied,
+        SnpError::Report(_) | SnpError::Cert(_) | SnpError::Evidence(_) => Code::Internal,
+    }
+}
+
+fn azure_code(e: &AzureError) -> Code {
+    match e {
+        AzureError::Transport(_) | AzureError::Identity(_) | AzureError::BadResponse { .. } => {
+            Code::Unavailable
+        }
+        AzureError::Upstream { status, .. }
+            if *status >= 500 || *status == 429 || *status == 408 =>
+        {
+            Code::Unavailable
+        }
+        AzureError::Upstream { .. } => Code::Internal,
+        AzureError::Refused { service: "MAA", .. } => Code::PermissionDenied,
+        AzureError::Refused { status: 404, .. } => Code::NotFound,
+        AzureError::Refused { status: 400, .. } => Code::InvalidArgument,
+        AzureError::Refused { .. } => Code::PermissionDenied,
+        // A response that does not verify cannot be trusted: treat it as a refusal.
+        AzureError::Jws(_) => Code::PermissionDenied,
+        AzureError::Config(_) => Code::InvalidArgument,
+        AzureError::Key(_) | AzureError::Unwrap(_) => Code::InvalidArgument,
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// The HTTP status of the same classification, for the REST API.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::InvalidArgument | Code::NotFound => 400,
+        Code::PermissionDenied | Code::Unauthenticated => 403,
+        _ => 500,
+    }
+}

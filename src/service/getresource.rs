@@ -1,0 +1,69 @@
+//! The old Kata attestation-agent resource API: a resource is a key, released from the KMS
+//! named by `KbsUri` and returned as JWK JSON.
+
+use super::{rpc, Backend, ServiceError};
+use crate::azure::kms::KeyUrl;
+use crate::proto::getresource as pb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct Resources(pub Arc<Backend>);
+
+const KBC_NAMES: [&str; 2] = ["aasp", "mhsm"];
+
+async fn get_resource(
+    backend: &Backend,
+    request: &pb::GetResourceRequest,
+) -> Result<pb::GetResourceResponse, ServiceError> {
+    if !KBC_NAMES
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(&request.kbc_name))
+    {
+        return Err(ServiceError::invalid(format!(
+            "KbcName {:?} is not one of {KBC_NAMES:?}",
+            request.kbc_name
+        )));
+    }
+    let name = request.resource_path.trim_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return Err(ServiceError::invalid(format!(
+            "ResourcePath {:?} must be a key name",
+            request.resource_path
+        )));
+    }
+    let (host, query) = request
+        .kbs_uri
+        .split_once('?')
+        .unwrap_or((&request.kbs_uri, ""));
+    if host.is_empty() {
+        return Err(ServiceError::invalid(
+            "KbsUri must name the Managed HSM / Key Vault host",
+        ));
+    }
+    let maa = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "maa")
+        .map(|(_, v)| v.into_owned())
+        .map_or_else(|| backend.default_maa().map(str::to_owned), Ok)?;
+    let released = backend
+        .provisioner
+        .release(&KeyUrl::new(host, name), &maa)
+        .await?;
+    // The caller asked for the key itself: this is the one place a released key leaves aasp.
+    let resource =
+        serde_json::to_vec(&released.jwk).map_err(|e| ServiceError::invalid(e.to_string()))?;
+    Ok(pb::GetResourceResponse { resource })
+}
+
+#[tonic::async_trait]
+impl pb::get_resource_service_server::GetResourceService for Resources {
+    async fn get_resource(
+        &self,
+        request: Request<pb::GetResourceRequest>,
+    ) -> Result<Response<pb::GetResourceResponse>, Status> {
+        rpc(
+            "getresource/GetResource",
+            get_resource(&self.0, request.get_ref()),
+        )
+        .await
+    }
+}

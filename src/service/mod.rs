@@ -1,0 +1,267 @@
+//! The gRPC surface: ocicrypt keyprovider (both service names), the confidential-containers
+//! attestation agent, the old Kata getresource API, gRPC health and reflection — every service on
+//! every listener.
+//!
+//! Each protocol is a file whose handlers decode the request, call `provision`/`snp`, and encode
+//! the reply; errors become statuses in `error.rs` only. Must not know Azure's wire formats.
+
+pub mod attestation_agent;
+pub mod error;
+pub mod getresource;
+pub mod keyprovider;
+
+use crate::proto;
+use crate::provision::Provisioner;
+use error::ServiceError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the services work with.
+pub struct Backend {
+    pub provisioner: Arc<Provisioner>,
+    /// Where `<name>-info.json` key-info files live.
+    pub keys_dir: Option<PathBuf>,
+    /// MAA used when a request names none (GetToken, GetResource without `?maa=`).
+    pub default_maa: Option<String>,
+    /// Provider names accepted in ocicrypt parameters besides `attestation-agent`.
+    pub provider_names: Vec<String>,
+}
+
+impl Backend {
+    fn default_maa(&self) -> Result<&str, ServiceError> {
+        self.default_maa
+            .as_deref()
+            .ok_or_else(|| ServiceError::invalid("no MAA endpoint is configured (--maa-endpoint)"))
+    }
+
+    fn tee_type(&self) -> &'static str {
+        if self.provisioner.attester().name() == "sim" {
+            "sample"
+        } else {
+            "snp"
+        }
+    }
+}
+
+/// Runs one RPC: a span with the method, and one log line with its status and duration (never
+/// its payload); the error becomes a status here.
+pub async fn rpc<T>(
+    method: &'static str,
+    work: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("rpc", method);
+    let started = Instant::now();
+    let result = work.instrument(span.clone()).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let _enter = span.enter();
+    match result {
+        Ok(reply) => {
+            tracing::info!(status = "OK", elapsed_ms, "rpc done");
+            Ok(tonic::Response::new(reply))
+        }
+        Err(e) => {
+            let status = tonic::Status::from(e);
+            tracing::warn!(status = ?status.code(), message = status.message(), elapsed_ms, "rpc failed");
+            Err(status)
+        }
+    }
+}
+
+/// A listener: TCP address or Unix socket path (`unix:///path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err("unix:// needs a socket path".into());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>()
+            .map(Listen::Tcp)
+            .map_err(|_| format!("{s:?} is neither host:port (an IP address) nor unix:///path"))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "{addr}"),
+            Listen::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// Server limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub concurrency: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 << 20,
+            concurrency: 256,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Every service as one axum router (tonic's routes), with limits applied.
+pub fn grpc_router(
+    backend: Arc<Backend>,
+    limits: &Limits,
+) -> (axum::Router, tonic_health::server::HealthReporter) {
+    use proto::attestation_agent::attestation_agent_service_server::AttestationAgentServiceServer;
+    use proto::getresource::get_resource_service_server::GetResourceServiceServer;
+    use proto::key_provider::key_provider_service_server::KeyProviderServiceServer as NewKeyProviderServer;
+    use proto::keyprovider::key_provider_service_server::KeyProviderServiceServer as OldKeyProviderServer;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let max = limits.max_message_bytes;
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(health)
+        .add_service(
+            OldKeyProviderServer::new(keyprovider::Aasp(Arc::clone(&backend)))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            NewKeyProviderServer::new(keyprovider::Sidecar(Arc::clone(&backend)))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            AttestationAgentServiceServer::new(attestation_agent::Agent(Arc::clone(&backend)))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            GetResourceServiceServer::new(getresource::Resources(Arc::clone(&backend)))
+                .max_decoding_message_size(max),
+        );
+    if let Ok(v1) = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        routes.add_service(v1);
+    }
+    if let Ok(v1alpha) = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+    {
+        routes.add_service(v1alpha);
+    }
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .layer(tower::limit::ConcurrencyLimitLayer::new(limits.concurrency));
+    (router, health_reporter)
+}
+
+/// The names of every served gRPC service, as health and reflection list them.
+pub const SERVICE_NAMES: [&str; 4] = [
+    "keyprovider.KeyProviderService",
+    "key_provider.KeyProviderService",
+    "attestation_agent.AttestationAgentService",
+    "getresource.GetResourceService",
+];
+
+/// Marks the services SERVING once the attester and the certificate chain answer, retrying until
+/// they do: until then a pod's readiness probe keeps traffic away.
+pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    for name in SERVICE_NAMES.iter().chain(std::iter::once(&"")) {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match backend.provisioner.evidence(b"").await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "not ready: attester or certificate chain unavailable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    for name in SERVICE_NAMES.iter().chain(std::iter::once(&"")) {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    tracing::info!("attester and certificate chain ready: SERVING");
+}
+
+/// A bound listener, ready to serve.
+pub enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl Bound {
+    /// Binds `listen`. A Unix socket is created owner-only (0600): only the pod's own user may
+    /// ask for keys.
+    pub async fn bind(listen: &Listen) -> std::io::Result<Self> {
+        match listen {
+            Listen::Tcp(addr) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+            Listen::Unix(path) => {
+                if path.exists() {
+                    std::fs::remove_file(path)?;
+                }
+                let listener = tokio::net::UnixListener::bind(path)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(Bound::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    /// What clients connect to (the real port when bound to port 0).
+    pub fn local(&self) -> Listen {
+        match self {
+            Bound::Tcp(l) => l
+                .local_addr()
+                .map(Listen::Tcp)
+                .unwrap_or(Listen::Tcp(SocketAddr::from(([0, 0, 0, 0], 0)))),
+            Bound::Unix(_, path) => Listen::Unix(path.clone()),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    pub async fn serve(
+        self,
+        router: axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        match self {
+            Bound::Tcp(listener) => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Bound::Unix(listener, path) => {
+                let result = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                let _ = std::fs::remove_file(&path);
+                result
+            }
+        }
+    }
+}
