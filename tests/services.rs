@@ -1,0 +1,677 @@
+//! Every RPC of every service over real sockets, against the `aasp dev` stack run in-process:
+//! success and failure paths, and the keyprovider JSON documents in the exact shape of DESIGN §4.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use aasp::cli::dev::{self, DevStack, DEMO_OCT_KEY, DEMO_RSA_KEY};
+use aasp::proto::attestation_agent::{
+    self as aa, attestation_agent_service_client::AttestationAgentServiceClient,
+};
+use aasp::proto::getresource::{
+    get_resource_service_client::GetResourceServiceClient, GetResourceRequest,
+};
+use aasp::proto::key_provider::{
+    self as newkp, key_provider_service_client::KeyProviderServiceClient as NewClient,
+};
+use aasp::proto::keyprovider::{
+    self as oldkp, key_provider_service_client::KeyProviderServiceClient as OldClient,
+};
+use aasp::service::Listen;
+use aasp::snp::report::{report_data_for_runtime, AttestationReport};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    stack: DevStack,
+    _dir: tempfile::TempDir,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let listen = [Listen::Tcp("127.0.0.1:0".parse().unwrap())];
+        let stack = runtime
+            .block_on(dev::start(
+                &listen,
+                "127.0.0.1:0".parse().unwrap(),
+                dir.path(),
+            ))
+            .unwrap();
+        Shared {
+            runtime,
+            stack,
+            _dir: dir,
+        }
+    })
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    shared().runtime.block_on(f)
+}
+
+async fn channel() -> Channel {
+    let addr = shared().stack.server.listeners[0].to_string();
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn b64(bytes: impl AsRef<[u8]>) -> String {
+    STANDARD.encode(bytes)
+}
+
+fn wrap_request(key: &str, layer_key: &[u8]) -> Vec<u8> {
+    json!({
+        "op": "keywrap",
+        "keywrapparams": {
+            "ec": { "Parameters": { "attestation-agent": [b64(format!("aasp:{key}"))] }, "DecryptConfig": { "Parameters": {} } },
+            "optsdata": b64(layer_key),
+        },
+        "keyunwrapparams": null,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn unwrap_request(annotation: &str) -> Vec<u8> {
+    json!({
+        "op": "keyunwrap",
+        "keywrapparams": {},
+        "keyunwrapparams": { "dc": { "Parameters": { "attestation-agent": [b64("aasp")] } }, "annotation": annotation },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn old_wrap(input: Vec<u8>) -> Result<Value, tonic::Status> {
+    let mut client = OldClient::new(channel().await);
+    let out = client
+        .wrap_key(oldkp::KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: input,
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap())
+}
+
+async fn old_unwrap(input: Vec<u8>) -> Result<Value, tonic::Status> {
+    let mut client = OldClient::new(channel().await);
+    let out = client
+        .un_wrap_key(oldkp::KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: input,
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap())
+}
+
+fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn health_becomes_serving() {
+    run(async {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel().await);
+        for service in [
+            "",
+            "keyprovider.KeyProviderService",
+            "attestation_agent.AttestationAgentService",
+        ] {
+            let mut status = 0;
+            for _ in 0..100 {
+                let request = tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                };
+                status = client.check(request).await.unwrap().into_inner().status;
+                if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "{service:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn layer_key_round_trip_rsa_and_oct_in_the_exact_document_shapes() {
+    run(async {
+        for (key, wrap_type) in [(DEMO_RSA_KEY, "rsa_3072"), (DEMO_OCT_KEY, "A256GCM")] {
+            let layer_key = [0x17u8; 32];
+            let wrapped = old_wrap(wrap_request(key, &layer_key)).await.unwrap();
+            assert_eq!(
+                sorted_keys(&wrapped),
+                vec!["keyunwrapresults", "keywrapresults"]
+            );
+            assert_eq!(wrapped["keyunwrapresults"], json!({ "optsdata": null }));
+            let annotation = wrapped["keywrapresults"]["annotation"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let packet: Value =
+                serde_json::from_slice(&STANDARD.decode(&annotation).unwrap()).unwrap();
+            let mut expected = vec![
+                "attester_endpoint",
+                "kid",
+                "kms_endpoint",
+                "wrap_type",
+                "wrapped_data",
+            ];
+            if wrap_type == "A256GCM" {
+                expected.push("iv");
+                expected.sort();
+            }
+            assert_eq!(sorted_keys(&packet), expected, "{key}");
+            assert_eq!(packet["wrap_type"], wrap_type);
+            assert_eq!(packet["kid"], key);
+
+            let unwrapped = old_unwrap(unwrap_request(&annotation)).await.unwrap();
+            assert_eq!(unwrapped["keywrapresults"], json!({ "annotation": null }));
+            assert_eq!(
+                unwrapped["keyunwrapresults"]["optsdata"],
+                b64(layer_key),
+                "{key}"
+            );
+
+            // The sidecar's service name gives the same answer for the same document.
+            let mut client = NewClient::new(channel().await);
+            let out = client
+                .un_wrap_key(newkp::KeyProviderKeyWrapProtocolInput {
+                    key_provider_key_wrap_protocol_input: unwrap_request(&annotation),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let doc: Value =
+                serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
+            assert_eq!(doc["keyunwrapresults"]["optsdata"], b64(layer_key));
+        }
+    });
+}
+
+#[test]
+fn offline_wrap_tool_output_unwraps_through_the_service() {
+    let s = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"database password").unwrap();
+    let out = dir.path().join("secret.annotation");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_aasp"))
+        .args([
+            "wrap",
+            "--key-ref",
+            DEMO_RSA_KEY,
+            "--keys-dir",
+            s.stack.keys_dir.to_str().unwrap(),
+        ])
+        .args([
+            "--in",
+            secret.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let annotation = std::fs::read_to_string(&out).unwrap();
+    let unwrapped = run(old_unwrap(unwrap_request(&annotation))).unwrap();
+    assert_eq!(
+        unwrapped["keyunwrapresults"]["optsdata"],
+        b64(b"database password")
+    );
+}
+
+#[test]
+fn malformed_keyprovider_requests_are_invalid_arguments_and_the_server_keeps_serving() {
+    run(async {
+        let layer = [1u8; 32];
+        let mut unknown_provider =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &layer)).unwrap();
+        unknown_provider["keywrapparams"]["ec"]["Parameters"] =
+            json!({ "someone-else": [b64("aasp:demo-rsa")] });
+        let mut bad_b64 =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &layer)).unwrap();
+        bad_b64["keywrapparams"]["optsdata"] = json!("%%%not base64");
+        let mut wrong_op =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &layer)).unwrap();
+        wrong_op["op"] = json!("keyunwrap");
+        let mut no_params =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &layer)).unwrap();
+        no_params["keywrapparams"]["ec"] = Value::Null;
+        let mut unknown_key =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &layer)).unwrap();
+        unknown_key["keywrapparams"]["ec"]["Parameters"]["attestation-agent"] =
+            json!([b64("aasp:no-such-key")]);
+        for (case, input, hint) in [
+            ("bad JSON", b"{not json".to_vec(), "not valid JSON"),
+            (
+                "unknown provider",
+                unknown_provider.to_string().into_bytes(),
+                "names no provider",
+            ),
+            (
+                "bad base64",
+                bad_b64.to_string().into_bytes(),
+                "not standard base64",
+            ),
+            (
+                "wrong op",
+                wrong_op.to_string().into_bytes(),
+                "op \"keywrap\"",
+            ),
+            (
+                "missing params",
+                no_params.to_string().into_bytes(),
+                "Parameters is missing",
+            ),
+            (
+                "unknown key",
+                unknown_key.to_string().into_bytes(),
+                "no-such-key-info.json",
+            ),
+        ] {
+            let status = old_wrap(input).await.expect_err(case);
+            assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+            assert!(
+                status.message().contains(hint),
+                "{case}: {}",
+                status.message()
+            );
+        }
+        let status = old_unwrap(unwrap_request("bm90IGEgcGFja2V0"))
+            .await
+            .expect_err("bad annotation");
+        assert_eq!(status.code(), Code::InvalidArgument);
+
+        let oversize = vec![b' '; 5 << 20];
+        let status = old_wrap(oversize).await.expect_err("oversize");
+        assert!(
+            matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+            "{status:?}"
+        );
+
+        let mut client = OldClient::new(channel().await);
+        let reply = client
+            .say_hello(oldkp::HelloRequest {
+                name: "still here".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.message, "Hello still here");
+    });
+}
+
+#[test]
+fn get_report_on_both_service_names() {
+    run(async {
+        let mut old = OldClient::new(channel().await);
+        let reply = old
+            .get_report(oldkp::KeyProviderGetReportInput {
+                report_data_hex_string: "00ff".into(),
+            })
+            .await
+            .unwrap();
+        let report = AttestationReport::from_bytes(
+            &hex::decode(reply.into_inner().report_hex_string).unwrap(),
+        )
+        .unwrap();
+        let mut expected = [0u8; 64];
+        expected[1] = 0xff;
+        assert_eq!(report.report_data, expected);
+        for bad in ["zz", &"00".repeat(65)] {
+            let status = old
+                .get_report(oldkp::KeyProviderGetReportInput {
+                    report_data_hex_string: bad.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+        }
+
+        let mut new = NewClient::new(channel().await);
+        let reply = new
+            .get_report(newkp::KeyProviderGetReportInput {
+                report_data_hex_string: "00ff".into(),
+            })
+            .await
+            .unwrap();
+        let report = AttestationReport::from_bytes(
+            &hex::decode(reply.into_inner().report_hex_string).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report.report_data, report_data_for_runtime(b"00ff"));
+
+        let hello = new
+            .say_hello(newkp::HelloRequest { name: "x".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hello.message, "Hello x");
+
+        let data = new
+            .get_attestation_data(newkp::KeyProviderGetAttestationDataInput {
+                b64_runtime_data_string: b64("runtime"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(data.certs.matches("BEGIN CERTIFICATE").count(), 3);
+        let report =
+            AttestationReport::from_bytes(&hex::decode(&data.attestation_report).unwrap()).unwrap();
+        assert_eq!(report.report_data, report_data_for_runtime(b"runtime"));
+        assert_eq!(data.endorsed_tcb, format!("{:016x}", report.reported_tcb));
+    });
+}
+
+#[test]
+fn attestation_agent_rpcs() {
+    let s = shared();
+    run(async {
+        let mut client = AttestationAgentServiceClient::new(channel().await);
+        let evidence = client
+            .get_evidence(aa::GetEvidenceRequest {
+                runtime_data: b"nonce-123".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let evidence = aasp::snp::evidence::Evidence::from_json(&evidence.evidence).unwrap();
+        let report = AttestationReport::from_bytes(&evidence.report).unwrap();
+        assert_eq!(report.report_data, report_data_for_runtime(b"nonce-123"));
+        let certs =
+            aasp::snp::cert::Cert::from_pem_bundle(evidence.cert_chain_pem.as_bytes()).unwrap();
+        let chain = aasp::snp::verify::Chain::from_certs(certs).unwrap();
+        let sim_root = s.stack.backend.provisioner.attester().simulated_root();
+        let v = aasp::snp::verify::verify_report(
+            &report,
+            &chain,
+            &aasp::snp::verify::TrustStore::amd_and(sim_root),
+            now(),
+        );
+        assert!(v.passed(), "{:?}", v.checks);
+
+        let token = client
+            .get_token(aa::GetTokenRequest {
+                token_type: "maa".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let jwt = String::from_utf8(token.token).unwrap();
+        let claims = aasp::azure::jws::Compact::parse(&jwt)
+            .unwrap()
+            .claims()
+            .unwrap();
+        assert_eq!(claims["x-ms-attestation-type"], "sevsnpvm");
+        assert_eq!(claims["iss"], s.stack.emulator.url);
+        let status = client
+            .get_token(aa::GetTokenRequest {
+                token_type: "kbs".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("maa"));
+
+        let tee = client
+            .get_tee_type(aa::GetTeeTypeRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(tee.tee, "sample");
+        let tees = client
+            .get_additional_tees(aa::GetAdditionalTeesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(tees.additional_tees.is_empty());
+        let extra = client
+            .get_additional_evidence(aa::GetEvidenceRequest {
+                runtime_data: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(extra.evidence.is_empty());
+        let extend = client
+            .extend_runtime_measurement(aa::ExtendRuntimeMeasurementRequest {
+                domain: "d".into(),
+                operation: "o".into(),
+                content: "c".into(),
+                register_index: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            extend.result,
+            aa::RuntimeMeasurementResult::NotSupported as i32
+        );
+
+        let host_data = report.host_data.to_vec();
+        client
+            .bind_init_data(aa::BindInitDataRequest {
+                digest: host_data.clone(),
+            })
+            .await
+            .unwrap();
+        let mut wrong = host_data.clone();
+        wrong[0] ^= 1;
+        let status = client
+            .bind_init_data(aa::BindInitDataRequest { digest: wrong })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let status = client
+            .bind_init_data(aa::BindInitDataRequest {
+                digest: host_data[..31].to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "a short digest is never padded"
+        );
+    });
+}
+
+#[test]
+fn get_resource_releases_the_key_as_jwk() {
+    let s = shared();
+    run(async {
+        let mut client = GetResourceServiceClient::new(channel().await);
+        let request = |path: &str, kbc: &str| GetResourceRequest {
+            resource_path: path.into(),
+            kbc_name: kbc.into(),
+            kbs_uri: format!("{}?maa={}", s.stack.emulator.url, s.stack.emulator.host()),
+        };
+        let reply = client
+            .get_resource(request(DEMO_OCT_KEY, "aasp"))
+            .await
+            .unwrap()
+            .into_inner();
+        let jwk: Value = serde_json::from_slice(&reply.resource).unwrap();
+        assert_eq!(jwk["kty"], "oct");
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwk["k"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+
+        let status = client
+            .get_resource(request(DEMO_OCT_KEY, "kbs"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let status = client
+            .get_resource(request("no-such-key", "aasp"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    });
+}
+
+#[test]
+fn a_key_bound_to_another_workload_is_permission_denied() {
+    let s = shared();
+    run(async {
+        let client = aasp::http::client(&aasp::http::HttpOptions {
+            extra_ca: Some(s.stack.emulator.ca_path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let access = aasp::azure::identity::IdentityProvider::new(
+            client.clone(),
+            aasp::azure::identity::IdentitySource::Imds {
+                base: s.stack.emulator.url.clone(),
+                client_id: None,
+            },
+            Default::default(),
+        )
+        .token(aasp::azure::identity::MHSM_RESOURCE)
+        .await
+        .unwrap();
+        let anchors = aasp::azure::jws::Anchors::from_pem_file(&s.stack.emulator.ca_path).unwrap();
+        let kms = aasp::azure::kms::KmsClient::new(client, anchors, Default::default());
+        let policy = aasp::azure::policy::ReleasePolicy::for_hostdata(
+            &s.stack.emulator.host(),
+            &"11".repeat(32),
+            &[],
+        );
+        let key = aasp::azure::kms::KeyUrl::new(&s.stack.emulator.url, "foreign");
+        kms.import(
+            &key,
+            &aasp::azure::jwk::Jwk::oct(&[3; 32]),
+            &policy,
+            &access,
+        )
+        .await
+        .unwrap();
+        let mut grpc = GetResourceServiceClient::new(channel().await);
+        let status = grpc
+            .get_resource(GetResourceRequest {
+                resource_path: "foreign".into(),
+                kbc_name: "mhsm".into(),
+                kbs_uri: s.stack.emulator.url.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("x-ms-sevsnpvm-hostdata"),
+            "{}",
+            status.message()
+        );
+    });
+}
+
+#[test]
+fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    run(async {
+        let mut client = ServerReflectionClient::new(channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("no service list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for expected in aasp::service::SERVICE_NAMES
+            .iter()
+            .chain(&["grpc.health.v1.Health"])
+        {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn unix_socket_listener_is_owner_only_and_serves() {
+    let s = shared();
+    run(async {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aasp.sock");
+        let server = aasp::cli::serve::start(
+            std::sync::Arc::clone(&s.stack.backend),
+            &[Listen::Unix(path.clone())],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let socket = path.clone();
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50000")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        let reply = OldClient::new(channel)
+            .say_hello(oldkp::HelloRequest { name: "uds".into() })
+            .await
+            .unwrap();
+        assert_eq!(reply.into_inner().message, "Hello uds");
+        server.shutdown(std::time::Duration::from_secs(5)).await;
+        assert!(!path.exists(), "the socket is removed on shutdown");
+    });
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
