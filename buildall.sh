@@ -21,11 +21,21 @@ build() {
   echo "built target/release/aasp"
 }
 
+need_python() {
+  if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "buildall: installing python3 and venv for the interop test" >&2
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+}
+
 run_tests() {
   need_rust
   cargo fmt --all -- --check
   cargo clippy --locked --all-targets -- -D warnings
   cargo test --locked --all-targets
+  need_python
+  echo "interop: Python grpcio client against aasp dev"
+  tests/interop/run.sh
 }
 
 image() {
