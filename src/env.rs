@@ -44,3 +44,5 @@ pub const AASP_CLIENT_ID: &str = "AASP_CLIENT_ID";
 pub const AASP_ACCESS_TOKEN_FILE: &str = "AASP_ACCESS_TOKEN_FILE";
 /// `--cache-ttl`: seconds released keys and tokens stay cached (0 = off).
 pub const AASP_CACHE_TTL: &str = "AASP_CACHE_TTL";
+/// `--rest-listen`: address of the SKR-sidecar REST API (off when unset).
+pub const AASP_REST_LISTEN: &str = "AASP_REST_LISTEN";

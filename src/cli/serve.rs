@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// every service.
     #[arg(long, env = env::AASP_LISTEN, value_delimiter = ',', default_value = "127.0.0.1:50000")]
     pub listen: Vec<Listen>,
+    /// Serve the SKR sidecar's REST API (/status, /attest/raw, /attest/combined, /attest/maa,
+    /// /key/release) on this address, e.g. 127.0.0.1:8080. Off by default.
+    #[arg(long, env = env::AASP_REST_LISTEN, value_name = "HOST:PORT")]
+    pub rest_listen: Option<std::net::SocketAddr>,
     /// Allow non-loopback TCP listeners (aasp hands out keys: keep it inside the pod).
     #[arg(long, env = env::AASP_ALLOW_REMOTE)]
     pub allow_remote: bool,
@@ -136,6 +140,16 @@ pub struct Running {
 }
 
 impl Running {
+    /// Serves one more listener under the same shutdown signal.
+    pub fn add(&mut self, bound: Bound, router: axum::Router) {
+        let mut stopped = self.stop.subscribe();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        self.listeners.push(bound.local());
+        self.tasks.push(tokio::spawn(bound.serve(router, shutdown)));
+    }
+
     /// Stops accepting, lets in-flight calls finish for up to `grace`.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
@@ -153,33 +167,36 @@ impl Running {
 pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, String> {
     let (router, health) = grpc_router(Arc::clone(&backend), &Limits::default());
     tokio::spawn(report_readiness(Arc::clone(&backend), health));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut listeners = Vec::new();
-    let mut tasks = Vec::new();
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut running = Running {
+        listeners: Vec::new(),
+        stop,
+        tasks: Vec::new(),
+    };
     for l in listen {
         let bound = Bound::bind(l)
             .await
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
-        listeners.push(bound.local());
-        let mut stopped = stopped.clone();
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        tasks.push(tokio::spawn(bound.serve(router.clone(), shutdown)));
+        running.add(bound, router.clone());
     }
-    Ok(Running {
-        listeners,
-        stop,
-        tasks,
-    })
+    Ok(running)
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    let rest: Vec<Listen> = args.rest_listen.map(Listen::Tcp).into_iter().collect();
     check_listeners(&args.listen, args.allow_remote)?;
+    check_listeners(&rest, args.allow_remote)?;
     let backend = args.backend.build()?;
-    let running = start(Arc::clone(&backend), &args.listen).await?;
+    let mut running = start(Arc::clone(&backend), &args.listen).await?;
     for l in &running.listeners {
         println!("aasp serving gRPC on {l}");
+    }
+    for l in &rest {
+        let bound = Bound::bind(l)
+            .await
+            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        println!("aasp serving the SKR REST API on http://{}", bound.local());
+        running.add(bound, crate::service::rest::router(Arc::clone(&backend)));
     }
     println!(
         "attester: {}; certificate chain: {}",

@@ -15,6 +15,7 @@ use crate::azure::identity::{resource_for_host, IdentityProvider};
 use crate::azure::jwk::Jwk;
 use crate::azure::kms::{KeyUrl, KmsClient};
 use crate::azure::maa::{MaaClient, MaaToken};
+use crate::azure::Secret;
 use crate::http::RetryPolicy;
 use crate::snp::attester::Attester;
 use crate::snp::chain::{attest, ChainCache};
@@ -170,7 +171,7 @@ impl Provisioner {
             }
         }
         let jwk = self
-            .release_uncached(key, maa_endpoint)
+            .release_uncached(key, maa_endpoint, None)
             .instrument(tracing::info_span!("release", key = %key, maa = maa_endpoint))
             .await?;
         let released = Arc::new(ReleasedKey {
@@ -183,9 +184,35 @@ impl Provisioner {
         Ok(released)
     }
 
-    async fn release_uncached(&self, key: &KeyUrl, maa_endpoint: &str) -> Result<Jwk> {
+    /// A release authorized by the caller's own access token. Not cached or shared: another
+    /// caller's token must not stand in for this one's.
+    pub async fn release_with_access(
+        &self,
+        key: &KeyUrl,
+        maa_endpoint: &str,
+        access: &Secret,
+    ) -> Result<Arc<ReleasedKey>> {
+        let jwk = self
+            .release_uncached(key, maa_endpoint, Some(access))
+            .instrument(tracing::info_span!("release", key = %key, maa = maa_endpoint))
+            .await?;
+        Ok(Arc::new(ReleasedKey {
+            key: key.clone(),
+            jwk,
+        }))
+    }
+
+    async fn release_uncached(
+        &self,
+        key: &KeyUrl,
+        maa_endpoint: &str,
+        access: Option<&Secret>,
+    ) -> Result<Jwk> {
         let token = self.release_token(maa_endpoint).await?;
-        let access = self.identity.token(resource_for_host(key.host())).await?;
+        let access = match access {
+            Some(given) => given.clone(),
+            None => self.identity.token(resource_for_host(key.host())).await?,
+        };
         self.counters.release_calls.fetch_add(1, Ordering::Relaxed);
         let wrap = WrapAlgorithm::CkmRsaAesKeyWrap;
         Ok(self

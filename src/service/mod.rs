@@ -9,6 +9,7 @@ pub mod attestation_agent;
 pub mod error;
 pub mod getresource;
 pub mod keyprovider;
+pub mod rest;
 
 use crate::proto;
 use crate::provision::Provisioner;

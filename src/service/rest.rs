@@ -1,0 +1,166 @@
+//! The SKR sidecar's REST API (`--rest-listen`), for workloads written against Microsoft's
+//! confidential sidecar: same routes and bodies, but exactly one JSON body per response, and
+//! errors as `{"error": "..."}` with 400 (bad request), 403 (refused) or 500.
+
+use super::error::{http_status, ServiceError};
+use super::Backend;
+use crate::azure::kms::KeyUrl;
+use crate::azure::Secret;
+use crate::snp::report::report_data_for_runtime;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn router(backend: Arc<Backend>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/attest/raw", post(attest_raw))
+        .route("/attest/combined", post(attest_combined))
+        .route("/attest/maa", post(attest_maa))
+        .route("/key/release", post(key_release))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(backend)
+}
+
+/// The one place REST errors become responses.
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(http_status(self.code()))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        tracing::warn!(status = status.as_u16(), error = %self, "REST request failed");
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type Reply = Result<Json<Value>, ServiceError>;
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ServiceError> {
+    payload
+        .map(|Json(v)| v)
+        .map_err(|e| ServiceError::invalid(format!("request body: {}", e.body_text())))
+}
+
+fn runtime_data(b64: &str) -> Result<Vec<u8>, ServiceError> {
+    STANDARD
+        .decode(b64.trim())
+        .map_err(|_| ServiceError::invalid("runtime_data is not standard base64"))
+}
+
+async fn status() -> Json<Value> {
+    Json(json!({ "message": "Status OK" }))
+}
+
+#[derive(Deserialize)]
+struct RuntimeRequest {
+    #[serde(default)]
+    runtime_data: String,
+}
+
+async fn attest_raw(
+    State(b): State<Arc<Backend>>,
+    payload: Result<Json<RuntimeRequest>, JsonRejection>,
+) -> Reply {
+    let request = body(payload)?;
+    let report_data = report_data_for_runtime(&runtime_data(&request.runtime_data)?);
+    let (_, raw) =
+        crate::snp::attester::fetch_report(b.provisioner.attester(), report_data).await?;
+    Ok(Json(json!({ "report": hex::encode(raw) })))
+}
+
+async fn attest_combined(
+    State(b): State<Arc<Backend>>,
+    payload: Result<Json<RuntimeRequest>, JsonRejection>,
+) -> Reply {
+    let request = body(payload)?;
+    let report_data = report_data_for_runtime(&runtime_data(&request.runtime_data)?);
+    let attested = crate::snp::chain::attest(
+        b.provisioner.attester(),
+        b.provisioner.chains(),
+        report_data,
+    )
+    .await?;
+    let e = &attested.endorsement;
+    Ok(Json(json!({
+        "endorsed_tcb": format!("{:016x}", e.tcbm),
+        "endorsements": STANDARD.encode(e.chain.to_pem()),
+        "evidence": STANDARD.encode(&attested.raw),
+        "uvm_endorsements": e.uvm_reference_info.as_ref().map(|r| STANDARD.encode(r)).unwrap_or_default(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct MaaRequest {
+    #[serde(default)]
+    maa_endpoint: String,
+    #[serde(default)]
+    runtime_data: String,
+}
+
+async fn attest_maa(
+    State(b): State<Arc<Backend>>,
+    payload: Result<Json<MaaRequest>, JsonRejection>,
+) -> Reply {
+    let request = body(payload)?;
+    let maa = endpoint_or_default(&b, &request.maa_endpoint)?;
+    let token = b
+        .provisioner
+        .token_for(&maa, &runtime_data(&request.runtime_data)?)
+        .await?;
+    Ok(Json(json!({ "token": token.jwt.expose() })))
+}
+
+#[derive(Deserialize)]
+struct ReleaseRequest {
+    #[serde(default)]
+    maa_endpoint: String,
+    #[serde(default)]
+    akv_endpoint: String,
+    #[serde(default)]
+    kid: String,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+async fn key_release(
+    State(b): State<Arc<Backend>>,
+    payload: Result<Json<ReleaseRequest>, JsonRejection>,
+) -> Reply {
+    let request = body(payload)?;
+    if request.akv_endpoint.is_empty() || request.kid.is_empty() {
+        return Err(ServiceError::invalid("akv_endpoint and kid are required"));
+    }
+    let maa = endpoint_or_default(&b, &request.maa_endpoint)?;
+    let key = if request.kid.starts_with("https://") {
+        KeyUrl::parse(&request.kid).map_err(|e| ServiceError::invalid(e.to_string()))?
+    } else {
+        KeyUrl::new(&request.akv_endpoint, &request.kid)
+    };
+    let released = match request.access_token.filter(|t| !t.is_empty()) {
+        Some(token) => {
+            b.provisioner
+                .release_with_access(&key, &maa, &Secret::new(token))
+                .await?
+        }
+        None => b.provisioner.release(&key, &maa).await?,
+    };
+    // The sidecar's contract: the key is a JSON document inside a JSON string.
+    let jwk =
+        serde_json::to_string(&released.jwk).map_err(|e| ServiceError::invalid(e.to_string()))?;
+    Ok(Json(json!({ "key": jwk })))
+}
+
+fn endpoint_or_default(b: &Backend, endpoint: &str) -> Result<String, ServiceError> {
+    if endpoint.is_empty() {
+        b.default_maa().map(str::to_owned)
+    } else {
+        Ok(endpoint.to_owned())
+    }
+}

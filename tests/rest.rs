@@ -1,0 +1,161 @@
+//! The SKR-sidecar REST API: every route, its status codes, and the double-encoded key of
+//! `/key/release`, against the `aasp dev` stack over real sockets.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use aasp::cli::dev::{self, DEMO_OCT_KEY};
+use aasp::service::Listen;
+use aasp::snp::report::{report_data_for_runtime, AttestationReport};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{path}: one JSON body expected, got {text:?}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = [Listen::Tcp("127.0.0.1:0".parse().unwrap())];
+    let stack = dev::start(&listen, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = aasp::service::rest::router(std::sync::Arc::clone(&stack.backend));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let client = reqwest::Client::new();
+    let maa = stack.emulator.host();
+
+    let status: Value = client
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status, json!({ "message": "Status OK" }));
+
+    let (code, body) = post(
+        &client,
+        &base,
+        "/attest/raw",
+        json!({ "runtime_data": STANDARD.encode("rt") }),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let report =
+        AttestationReport::from_bytes(&hex::decode(body["report"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(report.report_data, report_data_for_runtime(b"rt"));
+    let (code, body) = post(
+        &client,
+        &base,
+        "/attest/raw",
+        json!({ "runtime_data": "%%%" }),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("base64"));
+
+    let (code, body) = post(
+        &client,
+        &base,
+        "/attest/combined",
+        json!({ "runtime_data": STANDARD.encode("rt") }),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let mut keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "endorsed_tcb",
+            "endorsements",
+            "evidence",
+            "uvm_endorsements"
+        ]
+    );
+    let pem = String::from_utf8(
+        STANDARD
+            .decode(body["endorsements"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3);
+    assert_eq!(
+        STANDARD
+            .decode(body["evidence"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        1184
+    );
+
+    let (code, body) = post(
+        &client,
+        &base,
+        "/attest/maa",
+        json!({ "maa_endpoint": maa, "runtime_data": STANDARD.encode("{}") }),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let claims = aasp::azure::jws::Compact::parse(body["token"].as_str().unwrap())
+        .unwrap()
+        .claims()
+        .unwrap();
+    assert_eq!(
+        claims["x-ms-sevsnpvm-reportdata"],
+        hex::encode(report_data_for_runtime(b"{}"))
+    );
+
+    let release =
+        json!({ "maa_endpoint": maa, "akv_endpoint": stack.emulator.url, "kid": DEMO_OCT_KEY });
+    let (code, body) = post(&client, &base, "/key/release", release.clone()).await;
+    assert_eq!(code, 200);
+    let inner: Value =
+        serde_json::from_str(body["key"].as_str().expect("key is a JSON string")).unwrap();
+    assert_eq!(inner["kty"], "oct");
+    assert!(inner["k"].is_string());
+
+    let mut missing = release.clone();
+    missing["kid"] = json!("");
+    let (code, body) = post(&client, &base, "/key/release", missing).await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("kid"));
+
+    let mut bad_token = release.clone();
+    bad_token["access_token"] = json!("not-a-token");
+    let (code, body) = post(&client, &base, "/key/release", bad_token).await;
+    assert_eq!(code, 403, "{body}");
+
+    let response = client
+        .post(format!("{base}/key/release"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].is_string());
+}
