@@ -46,3 +46,5 @@ pub const AASP_ACCESS_TOKEN_FILE: &str = "AASP_ACCESS_TOKEN_FILE";
 pub const AASP_CACHE_TTL: &str = "AASP_CACHE_TTL";
 /// `--rest-listen`: address of the SKR-sidecar REST API (off when unset).
 pub const AASP_REST_LISTEN: &str = "AASP_REST_LISTEN";
+/// `--metrics-listen`: address of the Prometheus `/metrics` endpoint (off when unset).
+pub const AASP_METRICS_LISTEN: &str = "AASP_METRICS_LISTEN";

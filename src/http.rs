@@ -128,8 +128,15 @@ pub async fn send_with_retry(
             attempts: attempt + 1,
         })?;
         let (method, url) = (request.method().to_string(), redact_query(request.url()));
+        let upstream = crate::metrics::upstream_of(request.url().path());
         let last = attempt + 1 >= policy.attempts;
-        match build().send().await {
+        let sent = build().send().await;
+        let outcome = match &sent {
+            Ok(response) => format!("{}xx", response.status().as_u16() / 100),
+            Err(_) => "transport_error".to_owned(),
+        };
+        crate::metrics::record_upstream(upstream, &outcome);
+        match sent {
             Ok(response) if !retryable(response.status()) || last => return Ok(response),
             Ok(response) => {
                 let delay = retry_after(&response)

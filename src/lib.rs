@@ -6,6 +6,11 @@
 //! - `snp`: the attestation core: report, devices and simulator, certificate chain, verification.
 //! - `http`: the one outbound HTTP client builder (rustls, explicit extra CA, timeouts).
 //! - `env`: every environment variable aasp reads.
+//! - `metrics`: the one metrics registry (Prometheus text on `--metrics-listen`).
+//! - `azure`: MAA, identity, Managed HSM / Key Vault, the key unwrap, release policies.
+//! - `provision`: the secret flow (attest → token → release → unwrap), caches, layer keys.
+//! - `service`: the gRPC services and the SKR REST API.
+//! - `emulator`: the local Azure stack for development and tests.
 //! - `proto`: the generated gRPC types of `proto/`.
 
 #![deny(unsafe_code)]
@@ -15,6 +20,7 @@ pub mod cli;
 pub mod emulator;
 pub mod env;
 pub mod http;
+pub mod metrics;
 pub mod proto;
 pub mod provision;
 pub mod service;

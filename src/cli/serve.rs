@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// /key/release) on this address, e.g. 127.0.0.1:8080. Off by default.
     #[arg(long, env = env::AASP_REST_LISTEN, value_name = "HOST:PORT")]
     pub rest_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at /metrics on this address, e.g. 127.0.0.1:9090. Off by default.
+    #[arg(long, env = env::AASP_METRICS_LISTEN, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Allow non-loopback TCP listeners (aasp hands out keys: keep it inside the pod).
     #[arg(long, env = env::AASP_ALLOW_REMOTE)]
     pub allow_remote: bool,
@@ -184,8 +187,10 @@ pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, 
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let rest: Vec<Listen> = args.rest_listen.map(Listen::Tcp).into_iter().collect();
+    let metrics: Vec<Listen> = args.metrics_listen.map(Listen::Tcp).into_iter().collect();
     check_listeners(&args.listen, args.allow_remote)?;
     check_listeners(&rest, args.allow_remote)?;
+    check_listeners(&metrics, args.allow_remote)?;
     let backend = args.backend.build()?;
     let mut running = start(Arc::clone(&backend), &args.listen).await?;
     for l in &running.listeners {
@@ -197,6 +202,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
         println!("aasp serving the SKR REST API on http://{}", bound.local());
         running.add(bound, crate::service::rest::router(Arc::clone(&backend)));
+    }
+    for l in &metrics {
+        let bound = Bound::bind(l)
+            .await
+            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        println!("aasp serving metrics on http://{}/metrics", bound.local());
+        running.add(bound, crate::metrics::router());
     }
     println!(
         "attester: {}; certificate chain: {}",

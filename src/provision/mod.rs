@@ -167,9 +167,11 @@ impl Provisioner {
         if let Some((released, at)) = guard.as_ref() {
             if self.fresh(*at) {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::record_cache(true);
                 return Ok(Arc::clone(released));
             }
         }
+        crate::metrics::record_cache(false);
         let jwk = self
             .release_uncached(key, maa_endpoint, None)
             .instrument(tracing::info_span!("release", key = %key, maa = maa_endpoint))

@@ -59,6 +59,11 @@ pub async fn rpc<T>(
     let result = work.instrument(span.clone()).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _enter = span.enter();
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => e.code(),
+    };
+    crate::metrics::record_rpc(method, &format!("{code:?}"), started.elapsed());
     match result {
         Ok(reply) => {
             tracing::info!(status = "OK", elapsed_ms, "rpc done");
