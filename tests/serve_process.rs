@@ -139,3 +139,35 @@ fn serve_help_documents_every_option_with_its_default() {
         assert!(help.contains(needle), "serve --help lacks {needle}");
     }
 }
+
+#[test]
+fn a_config_file_sets_options_and_unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("aasp.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"0.0.0.0:0\"]\nattester = \"sim\"\nstate-dir = {:?}\n",
+            state.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0.0.0.0:0 is not a loopback address"),
+        "the file's listen was used"
+    );
+
+    std::fs::write(&config, "maa_endpoint = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"maa_endpoint\""));
+}

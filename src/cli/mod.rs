@@ -1,6 +1,7 @@
 //! The `aasp` command line: one subcommand per job, each a thin layer over the library.
 
 mod azure;
+mod config;
 pub mod dev;
 mod report;
 pub mod serve;
@@ -30,8 +31,12 @@ simulated device whose chain is rooted in its own ARK."
 )]
 pub struct Cli {
     /// Log format on standard error.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, env = env::AASP_LOG_FORMAT, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// TOML file of options, keyed by long option name (`maa-endpoint = "..."`). Flags and
+    /// environment variables override it.
+    #[arg(long, env = env::AASP_CONFIG, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -256,6 +261,20 @@ fn init_logging(format: LogFormat) {
 
 /// Runs the command line; the process exit code is the result.
 pub fn main() -> ExitCode {
+    // The file feeds the options' environment variables before clap reads them; this runs
+    // before any thread exists.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = config::config_path(&args) {
+        match config::variables(std::path::Path::new(&path)) {
+            Ok(vars) => vars
+                .into_iter()
+                .for_each(|(var, value)| std::env::set_var(var, value)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
