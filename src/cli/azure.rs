@@ -102,15 +102,11 @@ pub struct KmsArgs {
 
 impl KmsArgs {
     fn identity_source(&self) -> Result<IdentitySource, String> {
-        Ok(match &self.access_token_file {
-            Some(path) => IdentitySource::Static(Secret::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            )),
-            None => IdentitySource::from_env(self.imds_endpoint.clone(), self.client_id.clone()),
-        })
+        super::identity_source(
+            self.access_token_file.as_deref(),
+            self.imds_endpoint.clone(),
+            self.client_id.clone(),
+        )
     }
 
     fn key(&self) -> KeyUrl {

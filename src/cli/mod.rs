@@ -217,6 +217,24 @@ impl ChainArgs {
     }
 }
 
+/// Where KMS access tokens come from: a token file if given, else AKS workload identity when its
+/// variables are set, else IMDS.
+pub fn identity_source(
+    access_token_file: Option<&Path>,
+    imds_endpoint: Option<String>,
+    client_id: Option<String>,
+) -> Result<crate::azure::identity::IdentitySource, String> {
+    use crate::azure::identity::IdentitySource;
+    Ok(match access_token_file {
+        Some(path) => {
+            let token =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            IdentitySource::Static(crate::azure::Secret::new(token.trim().to_owned()))
+        }
+        None => IdentitySource::from_env(imds_endpoint, client_id),
+    })
+}
+
 pub fn default_state_dir() -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)

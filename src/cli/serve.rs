@@ -1,10 +1,9 @@
 //! `aasp serve`: the gRPC server.
 
 use super::{AttesterArgs, ChainArgs, TlsArgs};
-use crate::azure::identity::{IdentityProvider, IdentitySource};
+use crate::azure::identity::IdentityProvider;
 use crate::azure::jws::Anchors;
 use crate::azure::kms::KmsClient;
-use crate::azure::Secret;
 use crate::env;
 use crate::http::RetryPolicy;
 use crate::provision::{Provisioner, ProvisionerParts};
@@ -86,15 +85,11 @@ impl BackendArgs {
                 .map(|i| i.client_id.clone())
                 .filter(|c| !c.is_empty())
         });
-        let source = match &self.access_token_file {
-            Some(path) => IdentitySource::Static(Secret::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            )),
-            None => IdentitySource::from_env(self.imds_endpoint.clone(), client_id),
-        };
+        let source = super::identity_source(
+            self.access_token_file.as_deref(),
+            self.imds_endpoint.clone(),
+            client_id,
+        )?;
         let retry = RetryPolicy::default();
         let anchors =
             Anchors::system_and(self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;

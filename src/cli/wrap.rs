@@ -1,11 +1,10 @@
 //! `aasp wrap`: protect a secret (a layer key, a small credential) for an HSM key, offline.
 
 use super::{read_input, TlsArgs};
-use crate::azure::identity::{resource_for_host, IdentityProvider, IdentitySource};
+use crate::azure::identity::{resource_for_host, IdentityProvider};
 use crate::azure::jwk::KeyFamily;
 use crate::azure::jws::Anchors;
 use crate::azure::kms::KmsClient;
-use crate::azure::Secret;
 use crate::http::RetryPolicy;
 use crate::provision::layer::{resolve, wrap_rsa};
 use clap::Args;
@@ -49,15 +48,11 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
         None => {
             // Only the public half is needed: fetch it from the KMS.
             let client = args.tls.client()?;
-            let source = match &args.access_token_file {
-                Some(path) => IdentitySource::Static(Secret::new(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?
-                        .trim()
-                        .to_owned(),
-                )),
-                None => IdentitySource::from_env(args.imds_endpoint.clone(), None),
-            };
+            let source = super::identity_source(
+                args.access_token_file.as_deref(),
+                args.imds_endpoint.clone(),
+                None,
+            )?;
             let access = IdentityProvider::new(client.clone(), source, RetryPolicy::default())
                 .token(resource_for_host(resolved.key.host()))
                 .await
