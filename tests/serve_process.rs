@@ -71,6 +71,21 @@ async fn serves_reports_metrics_and_exits_zero_on_sigterm() {
     );
     assert!(text.contains("aasp_releases_in_flight 0"));
 
+    let mut serving = false;
+    for _ in 0..50 {
+        let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
+            .args(["health", "--target", &grpc])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(serving, "aasp health never saw SERVING");
+
     sigterm(child.id());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
@@ -170,4 +185,17 @@ fn a_config_file_sets_options_and_unknown_keys_are_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"maa_endpoint\""));
+}
+
+#[test]
+fn health_fails_when_nothing_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
+        .args(["health", "--target", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }

@@ -73,6 +73,13 @@ enum Command {
     Dev(dev::DevArgs),
     /// Protect a secret for an HSM key, offline: writes base64(annotation JSON).
     Wrap(wrap::WrapArgs),
+    /// Ask a running aasp for its gRPC health; exits 0 only when it is SERVING (for container
+    /// health checks and Kubernetes exec probes, which reach the loopback listener).
+    Health {
+        /// gRPC address of the server.
+        #[arg(long, default_value = "127.0.0.1:50000")]
+        target: String,
+    },
 }
 
 /// Which attester to open, and the simulator's settings when it is the simulator.
@@ -235,6 +242,38 @@ pub fn identity_source(
     })
 }
 
+async fn health(target: &str) -> Result<ExitCode, String> {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let url = if target.contains("://") {
+        target.to_owned()
+    } else {
+        format!("http://{target}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| format!("{target}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("{target}: cannot connect: {e}"))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|e| format!("{target}: {}", e.message()))?;
+    let status =
+        ServingStatus::try_from(reply.into_inner().status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 pub fn default_state_dir() -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -315,6 +354,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Wrap(args) => wrap::run(args).await,
+            Command::Health { target } => health(&target).await,
         }
     });
     match result {

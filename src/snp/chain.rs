@@ -141,6 +141,24 @@ pub struct Thim {
     pub base: String,
 }
 
+impl Thim {
+    /// The certification URL. The base may be a bare host (IMDS is plain HTTP) or, as the SKR
+    /// sidecar's `LocalTHIM` endpoint is written, already include the path.
+    pub fn url(&self) -> String {
+        let base = self.base.trim().trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
+        if base.ends_with(THIM_PATH) {
+            base
+        } else {
+            format!("{base}{THIM_PATH}")
+        }
+    }
+}
+
 impl ChainSource for Thim {
     fn describe(&self) -> String {
         format!("THIM {}", self.base)
@@ -148,7 +166,7 @@ impl ChainSource for Thim {
 
     fn fetch<'a>(&'a self, _report: &'a AttestationReport) -> BoxFuture<'a, Result<Endorsement>> {
         Box::pin(async move {
-            let url = format!("{}{THIM_PATH}", self.base.trim_end_matches('/'));
+            let url = self.url();
             let body = get_bytes(&self.client, &url, true)
                 .await
                 .map_err(|r| self.error(r))?;
@@ -594,5 +612,32 @@ pub fn source(
             client,
             base: configured(DEFAULT_THIM_BASE),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thim_url_forms() {
+        let thim = |base: &str| {
+            Thim {
+                client: reqwest::Client::new(),
+                base: base.into(),
+            }
+            .url()
+        };
+        let expected = "http://169.254.169.254/metadata/THIM/amd/certification";
+        assert_eq!(thim("http://169.254.169.254"), expected);
+        assert_eq!(thim("169.254.169.254"), expected);
+        assert_eq!(
+            thim("169.254.169.254/metadata/THIM/amd/certification"),
+            expected
+        );
+        assert_eq!(
+            thim("https://127.0.0.1:8443/"),
+            "https://127.0.0.1:8443/metadata/THIM/amd/certification"
+        );
     }
 }
