@@ -36,6 +36,21 @@ run_tests() {
   need_python
   echo "interop: Python grpcio client against aasp dev"
   tests/interop/run.sh
+  run_examples
+}
+
+run_examples() {
+  echo "example: secret provisioning"
+  examples/secret_provisioning/run.sh
+  echo "example: attestation agent"
+  examples/attestation_agent/run.sh
+  if command -v skopeo >/dev/null; then
+    echo "example: encrypted image"
+    # Exit 2 means this skopeo cannot use keyproviders: a limit of the tool, not a failure here.
+    examples/encrypted_image/run.sh || [ $? -eq 2 ]
+  else
+    echo "example: encrypted image skipped: skopeo is not installed"
+  fi
 }
 
 image() {
