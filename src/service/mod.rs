@@ -47,6 +47,9 @@ impl Backend {
     }
 }
 
+/// No RPC runs longer than this: upstream retries are bounded, and this bounds the rest.
+pub const RPC_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Runs one RPC: a span with the method, and one log line with its status and duration (never
 /// its payload); the error becomes a status here.
 pub async fn rpc<T>(
@@ -56,7 +59,12 @@ pub async fn rpc<T>(
     use tracing::Instrument;
     let span = tracing::info_span!("rpc", method);
     let started = Instant::now();
-    let result = work.instrument(span.clone()).await;
+    let result = match tokio::time::timeout(RPC_DEADLINE, work.instrument(span.clone())).await {
+        Ok(result) => result,
+        Err(_) => Err(ServiceError::DeadlineExceeded(format!(
+            "{method} did not finish within {RPC_DEADLINE:?}"
+        ))),
+    };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _enter = span.enter();
     let code = match &result {
@@ -114,7 +122,6 @@ impl std::fmt::Display for Listen {
 pub struct Limits {
     pub max_message_bytes: usize,
     pub concurrency: usize,
-    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -122,7 +129,6 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 4 << 20,
             concurrency: 256,
-            request_timeout: Duration::from_secs(60),
         }
     }
 }
