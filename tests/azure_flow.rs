@@ -539,3 +539,23 @@ async fn injected_faults_fail_cleanly_and_the_next_call_after_them_succeeds() {
         "a failure is never cached"
     );
 }
+
+#[tokio::test]
+async fn a_token_from_another_issuer_is_not_used() {
+    let s = stack_with(
+        SimOptions {
+            state_dir: common::sim_state_dir(),
+            ..Default::default()
+        },
+        |c| c.maa_issuer = Some("https://impostor.example.net".into()),
+    )
+    .await;
+    s.import("k", &Jwk::oct(&[7; 32]), &s.policy()).await;
+    let err = s
+        .release("k")
+        .await
+        .expect_err("a foreign issuer's token must not be used")
+        .to_string();
+    assert!(err.contains("not by the configured authority"), "{err}");
+    assert_eq!(s.emulator.counters.release(), 0);
+}

@@ -238,7 +238,10 @@ async fn maa_attest(
         _ => Value::Object(Default::default()),
     };
     state.counters.maa_attest.fetch_add(1, Ordering::SeqCst);
-    let issuer = format!("https://{}", host_of(&headers));
+    let issuer = state
+        .maa_issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", host_of(&headers)));
     let claims = maa_claims(&state, &report, &issuer, runtime_json);
     let header = json!({ "alg": "RS256", "typ": "JWT", "kid": state.maa_kid, "jku": format!("{issuer}/certs") });
     let token = sign_rs256(&header, &claims, &state.maa_key)

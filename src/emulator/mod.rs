@@ -46,6 +46,9 @@ pub struct Config {
     pub accepted_measurements: Vec<[u8; 48]>,
     /// Lifetime of issued MAA tokens in seconds; negative issues already-expired tokens.
     pub maa_token_lifetime: i64,
+    /// Issuer MAA writes into tokens; by default `https://` + the host the client used. Set it to
+    /// play an attestation service that is not the one the client asked.
+    pub maa_issuer: Option<String>,
     pub faults: Faults,
 }
 
@@ -58,6 +61,7 @@ impl Config {
             thim_json: None,
             accepted_measurements: Vec::new(),
             maa_token_lifetime: 8 * 3600,
+            maa_issuer: None,
             faults: Faults::default(),
         }
     }
@@ -99,6 +103,7 @@ pub(crate) struct State {
     thim_json: Option<String>,
     accepted_measurements: Vec<[u8; 48]>,
     maa_token_lifetime: i64,
+    maa_issuer: Option<String>,
     access_tokens: Mutex<HashMap<String, u64>>,
     keys: Mutex<HashMap<String, StoredKey>>,
     faults: RwLock<Faults>,
@@ -170,6 +175,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         thim_json: config.thim_json,
         accepted_measurements: config.accepted_measurements,
         maa_token_lifetime: config.maa_token_lifetime,
+        maa_issuer: config.maa_issuer,
         access_tokens: Mutex::new(HashMap::new()),
         keys: Mutex::new(HashMap::new()),
         faults: RwLock::new(config.faults),

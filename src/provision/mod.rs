@@ -15,6 +15,7 @@ use crate::azure::identity::{resource_for_host, IdentityProvider};
 use crate::azure::jwk::Jwk;
 use crate::azure::kms::{KeyUrl, KmsClient};
 use crate::azure::maa::{MaaClient, MaaToken};
+use crate::azure::policy::normalize_authority;
 use crate::azure::Secret;
 use crate::http::RetryPolicy;
 use crate::snp::attester::Attester;
@@ -133,10 +134,21 @@ impl Provisioner {
     pub async fn token_for(&self, maa_endpoint: &str, runtime_data: &[u8]) -> Result<MaaToken> {
         let evidence = self.evidence(runtime_data).await?;
         self.counters.maa_calls.fetch_add(1, Ordering::Relaxed);
-        Ok(self
-            .maa(maa_endpoint)
-            .attest(&evidence, runtime_data)
-            .await?)
+        let maa = self.maa(maa_endpoint);
+        let token = maa.attest(&evidence, runtime_data).await?;
+        // A token another issuer signed is not used: something other than the MAA asked answered.
+        let claims = token.unverified_claims()?;
+        let issuer = claims
+            .get("iss")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default();
+        if normalize_authority(issuer) != normalize_authority(maa.authority()) {
+            return Err(Error::Azure(crate::azure::Error::Jws(format!(
+                "the MAA token was issued by {issuer:?}, not by the configured authority {}",
+                maa.authority()
+            ))));
+        }
+        Ok(token)
     }
 
     /// The release token: runtime data = the transfer key's JWK set. Cached per MAA until
