@@ -2,7 +2,7 @@
 //! (federated token file → Entra token endpoint), or a token given explicitly. Tokens are cached
 //! per resource until shortly before they expire.
 
-use crate::azure::{error_message, Error, Result, Secret};
+use crate::azure::{status_error, Error, Result, Secret};
 use crate::http::{send_with_retry, RetryPolicy};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -194,12 +194,7 @@ async fn token_response(
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
-        return Err(Error::Refused {
-            service,
-            url: url.to_owned(),
-            status: status.as_u16(),
-            message: error_message(&text),
-        });
+        return Err(status_error(service, url, status, &text));
     }
     let body: Value = serde_json::from_str(&text).map_err(|_| Error::BadResponse {
         service,

@@ -4,7 +4,7 @@ use crate::azure::ckm::{TransferKey, WrapAlgorithm};
 use crate::azure::jwk::Jwk;
 use crate::azure::jws::{verify_x5c, Anchors};
 use crate::azure::policy::ReleasePolicy;
-use crate::azure::{base_url, error_message, Error, Result, Secret};
+use crate::azure::{base_url, status_error, Error, Result, Secret};
 use crate::http::{send_with_retry, RetryPolicy};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -145,25 +145,14 @@ impl KmsClient {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let url = url.split('?').next().unwrap_or_default().to_owned();
-        match status.as_u16() {
-            200..=299 => serde_json::from_str(&text).map_err(|e| Error::BadResponse {
-                service: "KMS",
-                url,
-                reason: format!("not JSON: {e}"),
-            }),
-            code @ (400 | 401 | 403 | 404 | 409) => Err(Error::Refused {
-                service: "KMS",
-                url,
-                status: code,
-                message: error_message(&text),
-            }),
-            code => Err(Error::Upstream {
-                service: "KMS",
-                url,
-                status: code,
-                message: error_message(&text),
-            }),
+        if !status.is_success() {
+            return Err(status_error("KMS", &url, status, &text));
         }
+        serde_json::from_str(&text).map_err(|e| Error::BadResponse {
+            service: "KMS",
+            url,
+            reason: format!("not JSON: {e}"),
+        })
     }
 
     /// Secure key release: the MAA token as target, the key wrapped to `transfer_key`, the

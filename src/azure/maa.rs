@@ -1,7 +1,7 @@
 //! Microsoft Azure Attestation: `attest/SevSnpVm` and the signing keys at `/certs`.
 
 use crate::azure::jws::{Compact, Jwks};
-use crate::azure::{base_url, error_message, Error, Result, Secret};
+use crate::azure::{base_url, status_error, Error, Result, Secret};
 use crate::http::{send_with_retry, RetryPolicy};
 use crate::snp::evidence::Evidence;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -75,21 +75,8 @@ impl MaaClient {
         let response = send_with_retry(|| self.client.post(&url).json(&body), &self.retry).await?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
-        if status.is_client_error() {
-            return Err(Error::Refused {
-                service: "MAA",
-                url: self.base.clone(),
-                status: status.as_u16(),
-                message: error_message(&text),
-            });
-        }
         if !status.is_success() {
-            return Err(Error::Upstream {
-                service: "MAA",
-                url: self.base.clone(),
-                status: status.as_u16(),
-                message: error_message(&text),
-            });
+            return Err(status_error("MAA", &self.base, status, &text));
         }
         let token = serde_json::from_str::<Value>(&text)
             .ok()

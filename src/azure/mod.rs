@@ -92,6 +92,33 @@ pub(crate) fn error_message(body: &str) -> String {
     from_json.unwrap_or_else(|| body.chars().take(200).collect())
 }
 
+/// An error status, classified once for every Azure client: the caller's request was refused
+/// (4xx), or the service is busy or broken (408, 429, 5xx — worth trying again later).
+pub(crate) fn status_error(
+    service: &'static str,
+    url: &str,
+    status: reqwest::StatusCode,
+    body: &str,
+) -> Error {
+    let (url, code, message) = (url.to_owned(), status.as_u16(), error_message(body));
+    let transient = code == 408 || code == 429 || status.is_server_error();
+    if status.is_client_error() && !transient {
+        Error::Refused {
+            service,
+            url,
+            status: code,
+            message,
+        }
+    } else {
+        Error::Upstream {
+            service,
+            url,
+            status: code,
+            message,
+        }
+    }
+}
+
 /// `https://` unless the endpoint names its scheme (the emulator, tests).
 pub fn base_url(endpoint: &str) -> String {
     let endpoint = endpoint.trim().trim_end_matches('/');

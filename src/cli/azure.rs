@@ -55,24 +55,25 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
     let running = crate::emulator::start(config)
         .await
         .map_err(|e| e.to_string())?;
-    println!("aasp emulator listening on {}", running.url);
-    println!(
+    say!("aasp emulator listening on {}", running.url);
+    say!(
         "  dev CA (pass as --extra-ca):  {}",
         running.ca_path.display()
     );
-    println!(
+    say!(
         "  THIM:     {}/metadata/THIM/amd/certification",
         running.url
     );
-    println!("  IMDS:     {}/metadata/identity/oauth2/token", running.url);
-    println!("  Entra ID: {}/<tenant>/oauth2/v2.0/token", running.url);
-    println!(
+    say!("  IMDS:     {}/metadata/identity/oauth2/token", running.url);
+    say!("  Entra ID: {}/<tenant>/oauth2/v2.0/token", running.url);
+    say!(
         "  MAA:      {}/attest/SevSnpVm   (authority {})",
-        running.url, running.url
+        running.url,
+        running.url
     );
-    println!("  MHSM:     {}/keys/<name>", running.url);
-    println!("  simulated host_data: {}", hex::encode(sim.host_data()));
-    println!("Ctrl-C stops it.");
+    say!("  MHSM:     {}/keys/<name>", running.url);
+    say!("  simulated host_data: {}", hex::encode(sim.host_data()));
+    say!("Ctrl-C stops it.");
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
     running.shutdown();
     Ok(ExitCode::SUCCESS)

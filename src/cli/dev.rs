@@ -188,7 +188,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     let stack = start(&args.listen, args.emulator_listen, &state_dir).await?;
     print_guide(&stack);
     serve::wait_for_signal().await;
-    println!("stopping");
+    say!("stopping");
     stack.server.shutdown(Duration::from_secs(5)).await;
     stack.emulator.shutdown();
     Ok(ExitCode::SUCCESS)
@@ -204,22 +204,22 @@ fn print_guide(stack: &DevStack) {
         .map(ToString::to_string)
         .unwrap_or_default();
     for l in &stack.server.listeners {
-        println!("aasp serving gRPC on {l}");
+        say!("aasp serving gRPC on {l}");
     }
-    println!(
+    say!(
         "attester: sim (simulated SEV-SNP); certificate chain: THIM at {}",
         stack.emulator.url
     );
-    println!(
+    say!(
         "Azure emulator: {} (dev CA {})",
         stack.emulator.url,
         stack.emulator.ca_path.display()
     );
-    println!(
+    say!(
         "demo keys: {DEMO_RSA_KEY} (RSA-3072), {DEMO_OCT_KEY} (AES-256), key info in {}",
         stack.keys_dir.display()
     );
-    println!("ocicrypt config: {}", stack.ocicrypt_config.display());
+    say!("ocicrypt config: {}", stack.ocicrypt_config.display());
     let wrap = serde_json::json!({
         "op": "keywrap",
         "keywrapparams": {
@@ -231,28 +231,28 @@ fn print_guide(stack: &DevStack) {
         "op": "keyunwrap",
         "keyunwrapparams": { "dc": { "Parameters": { "attestation-agent": [b64.encode("aasp")] } }, "annotation": "<annotation>" }
     });
-    println!();
-    println!("Try it (grpcurl; reflection is on, no proto files needed):");
-    println!("  grpcurl -plaintext {grpc} list");
-    println!("  grpcurl -plaintext -d '{{\"name\":\"dev\"}}' {grpc} keyprovider.KeyProviderService/SayHello");
-    println!("  grpcurl -plaintext -d '{{\"reportDataHexString\":\"00ff\"}}' {grpc} keyprovider.KeyProviderService/GetReport");
-    println!(
+    say!();
+    say!("Try it (grpcurl; reflection is on, no proto files needed):");
+    say!("  grpcurl -plaintext {grpc} list");
+    say!("  grpcurl -plaintext -d '{{\"name\":\"dev\"}}' {grpc} keyprovider.KeyProviderService/SayHello");
+    say!("  grpcurl -plaintext -d '{{\"reportDataHexString\":\"00ff\"}}' {grpc} keyprovider.KeyProviderService/GetReport");
+    say!(
         "  grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/WrapKey",
         b64.encode(wrap.to_string())
     );
-    println!(
+    say!(
         "  # UnWrapKey: put WrapKey's annotation into this JSON, base64 it, send it the same way:"
     );
-    println!("  #   {unwrap_template}");
-    println!("  grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
-    println!("  grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
-    println!("  grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
-    println!(
+    say!("  #   {unwrap_template}");
+    say!("  grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
+    say!("  grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
+    say!("  grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
+    say!(
         "  grpcurl -plaintext -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' {grpc} getresource.GetResourceService/GetResource",
         stack.emulator.url
     );
-    println!("  grpcurl -plaintext {grpc} grpc.health.v1.Health/Check");
-    println!("Python client (grpcio): python3 examples/python/aasp_client.py --target {grpc} --keys-dir {}", stack.keys_dir.display());
-    println!("Protect a file for the demo key: aasp wrap --key-ref {DEMO_RSA_KEY} --keys-dir {} --in FILE --out FILE.annotation", stack.keys_dir.display());
-    println!("Ctrl-C stops everything.");
+    say!("  grpcurl -plaintext {grpc} grpc.health.v1.Health/Check");
+    say!("Python client (grpcio): python3 examples/python/aasp_client.py --target {grpc} --keys-dir {}", stack.keys_dir.display());
+    say!("Protect a file for the demo key: aasp wrap --key-ref {DEMO_RSA_KEY} --keys-dir {} --in FILE --out FILE.annotation", stack.keys_dir.display());
+    say!("Ctrl-C stops everything.");
 }

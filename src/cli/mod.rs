@@ -1,5 +1,14 @@
 //! The `aasp` command line: one subcommand per job, each a thin layer over the library.
 
+/// `println!` for long-running commands: a reader that went away (a closed pipe) must not take
+/// a server down with it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod azure;
 mod config;
 pub mod dev;

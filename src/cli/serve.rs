@@ -189,23 +189,23 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let backend = args.backend.build()?;
     let mut running = start(Arc::clone(&backend), &args.listen).await?;
     for l in &running.listeners {
-        println!("aasp serving gRPC on {l}");
+        say!("aasp serving gRPC on {l}");
     }
     for l in &rest {
         let bound = Bound::bind(l)
             .await
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
-        println!("aasp serving the SKR REST API on http://{}", bound.local());
+        say!("aasp serving the SKR REST API on http://{}", bound.local());
         running.add(bound, crate::service::rest::router(Arc::clone(&backend)));
     }
     for l in &metrics {
         let bound = Bound::bind(l)
             .await
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
-        println!("aasp serving metrics on http://{}/metrics", bound.local());
+        say!("aasp serving metrics on http://{}/metrics", bound.local());
         running.add(bound, crate::metrics::router());
     }
-    println!(
+    say!(
         "attester: {}; certificate chain: {}",
         backend.provisioner.attester().name(),
         backend.provisioner.chains().describe()

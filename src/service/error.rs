@@ -14,9 +14,6 @@ pub enum ServiceError {
     /// Attestation or policy refused the request.
     #[error("{0}")]
     PermissionDenied(String),
-    /// The call ran past its deadline.
-    #[error("{0}")]
-    DeadlineExceeded(String),
     #[error(transparent)]
     Provision(#[from] ProvisionError),
 }
@@ -36,7 +33,6 @@ impl ServiceError {
         match self {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
-            ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Provision(ProvisionError::Invalid(_)) => Code::InvalidArgument,
             ServiceError::Provision(ProvisionError::Snp(e)) => snp_code(e),
             ServiceError::Provision(ProvisionError::Azure(e)) => azure_code(e),

@@ -47,7 +47,8 @@ impl Backend {
     }
 }
 
-/// No RPC runs longer than this: upstream retries are bounded, and this bounds the rest.
+/// No RPC runs longer than this (nor past the caller's `grpc-timeout`): upstream retries are
+/// bounded, and this bounds the rest.
 pub const RPC_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs one RPC: a span with the method, and one log line with its status and duration (never
@@ -59,12 +60,7 @@ pub async fn rpc<T>(
     use tracing::Instrument;
     let span = tracing::info_span!("rpc", method);
     let started = Instant::now();
-    let result = match tokio::time::timeout(RPC_DEADLINE, work.instrument(span.clone())).await {
-        Ok(result) => result,
-        Err(_) => Err(ServiceError::DeadlineExceeded(format!(
-            "{method} did not finish within {RPC_DEADLINE:?}"
-        ))),
-    };
+    let result = work.instrument(span.clone()).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _enter = span.enter();
     let code = match &result {
@@ -180,8 +176,50 @@ pub fn grpc_router(
     let router = routes
         .routes()
         .into_axum_router()
+        .layer(axum::middleware::from_fn(grpc_deadline))
         .layer(tower::limit::ConcurrencyLimitLayer::new(limits.concurrency));
     (router, health_reporter)
+}
+
+/// Honours the client's `grpc-timeout`: past it the call ends with DEADLINE_EXCEEDED, whatever
+/// it was waiting for.
+async fn grpc_deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let deadline = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(RPC_DEADLINE, |d| d.min(RPC_DEADLINE));
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let status = tonic::Status::deadline_exceeded(format!(
+                "the call did not finish within its deadline ({deadline:?})"
+            ));
+            status.into_http::<axum::body::Body>()
+        }
+    }
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The names of every served gRPC service, as health and reflection list them.
@@ -274,6 +312,21 @@ impl Bound {
                 let _ = std::fs::remove_file(&path);
                 result
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "123456789S", "5x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }
 }
