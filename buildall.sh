@@ -3,6 +3,7 @@
 #   ./buildall.sh build   release binary at target/release/aasp
 #   ./buildall.sh test    formatting, clippy (-D warnings) and every test
 #   ./buildall.sh image   container image (needs docker, podman or buildah)
+#   ./buildall.sh bench   load figures (release build, loadgen against aasp dev)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -79,9 +80,33 @@ image() {
   fi
 }
 
+# Load figures for BENCHMARKS.md: a release `aasp dev`, then examples/loadgen.rs per RPC and
+# concurrency, with the server's CPU per request. Seconds per run: BENCH_SECONDS (default 5).
+bench() {
+  need_rust
+  cargo build --release --locked --bin aasp --example loadgen
+  local state=target/bench-state port=$(( 53000 + RANDOM % 800 )) seconds=${BENCH_SECONDS:-5}
+  rm -rf "$state"
+  target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" > target/bench-dev.log 2>&1 &
+  local pid=$!
+  trap 'kill $pid 2>/dev/null' EXIT
+  for _ in $(seq 1 150); do grep -q "Ctrl-C stops everything" target/bench-dev.log && break; sleep 0.2; done
+  echo "machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%dT%H:%MZ)"
+  for rpc in say-hello get-report wrap-key; do
+    for c in 1 8 64; do
+      target/release/examples/loadgen --target "127.0.0.1:$port" --rpc "$rpc" --concurrency "$c" --seconds "$seconds" --server-pid "$pid"
+    done
+  done
+  target/release/examples/loadgen --target "127.0.0.1:$port" --rpc unwrap-key --concurrency 1 --seconds "$seconds" \
+    --keys-dir "$state/keys" --compare-bare --server-pid "$pid"
+  echo "idle RSS of aasp dev (server + emulator): $(grep VmRSS /proc/$pid/status)"
+  ls -l target/release/aasp | awk '{print "release binary: " $5 " bytes"}'
+}
+
 case "${1:-}" in
   build) build ;;
+  bench) bench ;;
   test) run_tests ;;
   image) image ;;
-  *) echo "usage: $0 build|test|image" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|image|bench" >&2; exit 2 ;;
 esac
