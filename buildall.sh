@@ -86,10 +86,12 @@ bench() {
   need_rust
   cargo build --release --locked --bin aasp --example loadgen
   local state=target/bench-state port=$(( 53000 + RANDOM % 800 )) seconds=${BENCH_SECONDS:-5}
+  # Global, so the EXIT trap still sees it after this function returns.
   rm -rf "$state"
   target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" > target/bench-dev.log 2>&1 &
-  local pid=$!
-  trap 'kill $pid 2>/dev/null' EXIT
+  bench_pid=$!
+  local pid=$bench_pid
+  trap 'kill $bench_pid 2>/dev/null' EXIT
   for _ in $(seq 1 150); do grep -q "Ctrl-C stops everything" target/bench-dev.log && break; sleep 0.2; done
   echo "machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%dT%H:%MZ)"
   for rpc in say-hello get-report wrap-key; do

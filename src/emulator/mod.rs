@@ -237,6 +237,7 @@ async fn serve(
             },
             _ = stopped.changed() => return,
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let state = Arc::clone(&state);

@@ -9,13 +9,10 @@
 use crate::azure::jwk::{Jwk, KeyFamily};
 use crate::azure::kms::KeyUrl;
 use crate::azure::Error as AzureError;
-use crate::provision::{Error, Provisioner, Result};
+use crate::provision::{Error, Provisioner, ReleasedKey, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::rsa::{
-    OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
-    OAEP_SHA256_MGF1SHA256,
-};
+use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -227,17 +224,18 @@ fn aes_gcm_key(secret: &[u8]) -> Result<LessSafeKey> {
     Ok(LessSafeKey::new(unbound))
 }
 
-/// Recovers the layer key from `packet` with the released `key`.
-pub fn unwrap_with(packet: &AnnotationPacket, key: &Jwk) -> Result<Zeroizing<Vec<u8>>> {
+/// Recovers the layer key from `packet` with the released key.
+pub fn unwrap_with(
+    packet: &AnnotationPacket,
+    released: &ReleasedKey,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let key = &released.jwk;
     let wrapped = STANDARD
         .decode(&packet.wrapped_data)
         .map_err(|_| invalid("wrapped_data is not base64"))?;
     match (key.family()?, packet.wrap_type.as_str()) {
         (KeyFamily::Rsa, t) if t.starts_with("rsa_") => {
-            let private = PrivateDecryptingKey::from_pkcs8(&key.to_pkcs8()?)
-                .map_err(|_| invalid("the released RSA key is not usable"))?;
-            let private = OaepPrivateDecryptingKey::new(private)
-                .map_err(|_| invalid("the released RSA key is not usable"))?;
+            let private = released.rsa_private()?;
             let mut out = Zeroizing::new(vec![0u8; private.min_output_size()]);
             let len = private
                 .decrypt(&OAEP_SHA256_MGF1SHA256, &wrapped, &mut out, None)
@@ -302,13 +300,17 @@ impl Provisioner {
         }
         let key = KeyUrl::new(&packet.kms_endpoint, &packet.kid);
         let released = self.release(&key, &packet.attester_endpoint).await?;
-        unwrap_with(packet, &released.jwk)
+        unwrap_with(packet, &released)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn released(jwk: &Jwk) -> ReleasedKey {
+        ReleasedKey::new(KeyUrl::new("kms.example", "k"), jwk.clone())
+    }
 
     fn resolved() -> ResolvedKey {
         ResolvedKey {
@@ -327,13 +329,13 @@ mod tests {
         let back = AnnotationPacket::from_annotation(&packet.to_annotation()).unwrap();
         assert_eq!(back, packet);
         assert_eq!(
-            unwrap_with(&back, &key).unwrap().as_slice(),
+            unwrap_with(&back, &released(&key)).unwrap().as_slice(),
             b"layer key bytes"
         );
         let mut tampered = back.clone();
         tampered.wrapped_data = STANDARD.encode([0u8; 31]);
-        assert!(unwrap_with(&tampered, &key).is_err());
-        assert!(unwrap_with(&back, &Jwk::oct(&[8; 32])).is_err());
+        assert!(unwrap_with(&tampered, &released(&key)).is_err());
+        assert!(unwrap_with(&back, &released(&Jwk::oct(&[8; 32]))).is_err());
     }
 
     #[test]
@@ -349,7 +351,10 @@ mod tests {
                 .unwrap()
                 .contains("\"iv\"")
         );
-        assert_eq!(unwrap_with(&packet, &jwk).unwrap().as_slice(), &[7; 32]);
+        assert_eq!(
+            unwrap_with(&packet, &released(&jwk)).unwrap().as_slice(),
+            &[7; 32]
+        );
     }
 
     #[test]

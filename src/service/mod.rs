@@ -301,6 +301,11 @@ impl Bound {
     ) -> std::io::Result<()> {
         match self {
             Bound::Tcp(listener) => {
+                // Without TCP_NODELAY, small replies wait for the peer's delayed ACK: ~40 ms a call.
+                use axum::serve::ListenerExt;
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await
