@@ -10,7 +10,6 @@
 )]
 
 use aasp::cli::serve::{self, BackendArgs};
-use aasp::cli::{AttesterArgs, ChainArgs, SimArgs, TlsArgs};
 use aasp::emulator::faults::Faults;
 use aasp::proto::attestation_agent::{
     attestation_agent_service_client::AttestationAgentServiceClient, GetEvidenceRequest,
@@ -20,8 +19,6 @@ use aasp::proto::keyprovider::{
     key_provider_service_client::KeyProviderServiceClient, HelloRequest,
 };
 use aasp::service::Listen;
-use aasp::snp::attester::AttesterKind;
-use aasp::snp::chain::CertSourceKind;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -49,35 +46,9 @@ async fn setup(faults: &str) -> Setup {
     config.thim_json = Some(sim.thim_json());
     config.faults = faults.parse().unwrap();
     let emulator = aasp::emulator::start(config).await.unwrap();
-    let backend = BackendArgs {
-        maa_endpoint: Some(emulator.host()),
-        keys_dir: None,
-        provider_name: Vec::new(),
-        imds_endpoint: Some(emulator.url.clone()),
-        client_id: None,
-        access_token_file: None,
-        cache_ttl: 300,
-        attester: AttesterArgs {
-            attester: AttesterKind::Sim,
-            sim: SimArgs {
-                state_dir: Some(dir.path().into()),
-                sim_security_policy: None,
-                sim_debug: false,
-                sim_tcb: None,
-                sim_measurement: None,
-            },
-        },
-        chain: ChainArgs {
-            cert_source: CertSourceKind::Thim,
-            cert_endpoint: Some(emulator.url.clone()),
-            trust_root: Vec::new(),
-        },
-        tls: TlsArgs {
-            extra_ca: Some(emulator.ca_path.clone()),
-        },
-    }
-    .build()
-    .unwrap();
+    let backend = BackendArgs::for_emulator(&emulator, dir.path(), None)
+        .build()
+        .unwrap();
     let server = serve::start(backend, &[Listen::Tcp("127.0.0.1:0".parse().unwrap())])
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 //! production clients.
 
 use super::serve::{self, BackendArgs};
-use super::{AttesterArgs, ChainArgs, SimArgs, TlsArgs};
+use super::{SimArgs, TlsArgs};
 use crate::azure::identity::{IdentityProvider, IdentitySource, MHSM_RESOURCE};
 use crate::azure::jwk::{Jwk, KeyFamily};
 use crate::azure::jws::Anchors;
@@ -12,8 +12,7 @@ use crate::azure::policy::ReleasePolicy;
 use crate::http::RetryPolicy;
 use crate::provision::layer::{spki_to_pem, KeyInfo};
 use crate::service::{Backend, Listen};
-use crate::snp::attester::{Attester, AttesterKind};
-use crate::snp::chain::CertSourceKind;
+use crate::snp::attester::Attester;
 use crate::snp::sim::Simulated;
 use aws_lc_rs::encoding::AsDer;
 use clap::Args;
@@ -75,29 +74,8 @@ pub async fn start(
 
     let keys_dir = state_dir.join("keys");
     import_demo_keys(&emulator, &hex::encode(sim.host_data()), &keys_dir).await?;
-    let backend = BackendArgs {
-        maa_endpoint: Some(emulator.host()),
-        keys_dir: Some(keys_dir.clone()),
-        provider_name: Vec::new(),
-        imds_endpoint: Some(emulator.url.clone()),
-        client_id: None,
-        access_token_file: None,
-        cache_ttl: 300,
-        attester: AttesterArgs {
-            attester: AttesterKind::Sim,
-            sim: sim_args,
-        },
-        // The production THIM client, pointed at the emulator.
-        chain: ChainArgs {
-            cert_source: CertSourceKind::Thim,
-            cert_endpoint: Some(emulator.url.clone()),
-            trust_root: Vec::new(),
-        },
-        tls: TlsArgs {
-            extra_ca: Some(emulator.ca_path.clone()),
-        },
-    }
-    .build()?;
+    let backend =
+        BackendArgs::for_emulator(&emulator, state_dir, Some(keys_dir.clone())).build()?;
     let server = serve::start(Arc::clone(&backend), listen).await?;
     let grpc = server
         .listeners

@@ -70,6 +70,42 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
+    /// The simulated device wired to a running emulator through the production clients: THIM
+    /// for the chain, IMDS for identity, the emulator's MAA, its dev CA trusted.
+    pub fn for_emulator(
+        emulator: &crate::emulator::Running,
+        state_dir: &std::path::Path,
+        keys_dir: Option<PathBuf>,
+    ) -> Self {
+        BackendArgs {
+            maa_endpoint: Some(emulator.host()),
+            keys_dir,
+            provider_name: Vec::new(),
+            imds_endpoint: Some(emulator.url.clone()),
+            client_id: None,
+            access_token_file: None,
+            cache_ttl: 300,
+            attester: AttesterArgs {
+                attester: crate::snp::attester::AttesterKind::Sim,
+                sim: super::SimArgs {
+                    state_dir: Some(state_dir.to_path_buf()),
+                    sim_security_policy: None,
+                    sim_debug: false,
+                    sim_tcb: None,
+                    sim_measurement: None,
+                },
+            },
+            chain: ChainArgs {
+                cert_source: crate::snp::chain::CertSourceKind::Thim,
+                cert_endpoint: Some(emulator.url.clone()),
+                trust_root: Vec::new(),
+            },
+            tls: TlsArgs {
+                extra_ca: Some(emulator.ca_path.clone()),
+            },
+        }
+    }
+
     /// Builds the backend. The transfer key is generated here, before any request.
     pub fn build(&self) -> Result<Arc<Backend>, String> {
         let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
