@@ -675,3 +675,80 @@ fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+#[test]
+fn hostile_keyprovider_documents_are_refused_and_memory_stays_bounded() {
+    let rss_kib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+            })
+            .unwrap()
+    };
+    run(async {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let huge_b64 = b64(vec![0x41u8; 2 << 20]); // 2.7 MiB of base64: under the 4 MiB message limit
+        let mut huge =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &[1; 32])).unwrap();
+        huge["keywrapparams"]["optsdata"] = json!(huge_b64);
+        let mut wrong_type =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &[1; 32])).unwrap();
+        wrong_type["keywrapparams"]["optsdata"] = json!(12345);
+        let mut empty_values =
+            serde_json::from_slice::<Value>(&wrap_request(DEMO_RSA_KEY, &[1; 32])).unwrap();
+        empty_values["keywrapparams"]["ec"]["Parameters"]["attestation-agent"] = json!([]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("invalid UTF-8", vec![0xff, 0xfe, b'{', 0xc3, 0x28]),
+            ("deep nesting", deep.into_bytes()),
+            ("huge base64 layer key", huge.to_string().into_bytes()),
+            ("wrong field type", wrong_type.to_string().into_bytes()),
+            (
+                "empty parameter list",
+                empty_values.to_string().into_bytes(),
+            ),
+            (
+                "unknown op",
+                json!({"op": "keyexplode"}).to_string().into_bytes(),
+            ),
+            ("empty input", Vec::new()),
+        ];
+        let before = rss_kib();
+        for round in 0..3 {
+            for (case, input) in &cases {
+                let status = old_wrap(input.clone()).await.expect_err(case);
+                assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+                assert!(
+                    !status.message().is_empty(),
+                    "{case}: a message says what is wrong"
+                );
+                if round == 0 && *case != "huge base64 layer key" {
+                    let status = old_unwrap(input.clone()).await.expect_err(case);
+                    assert_eq!(
+                        status.code(),
+                        Code::InvalidArgument,
+                        "unwrap {case}: {status:?}"
+                    );
+                }
+            }
+        }
+        // Client and server share this process: the bound is loose but catches a leak per call.
+        let grown_mib = rss_kib().saturating_sub(before) / 1024;
+        assert!(
+            grown_mib < 200,
+            "RSS grew by {grown_mib} MiB over 21 hostile calls"
+        );
+        let mut client = OldClient::new(channel().await);
+        assert_eq!(
+            client
+                .say_hello(oldkp::HelloRequest { name: "ok".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .message,
+            "Hello ok"
+        );
+    });
+}
