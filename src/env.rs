@@ -52,3 +52,5 @@ pub const AASP_METRICS_LISTEN: &str = "AASP_METRICS_LISTEN";
 pub const AASP_CONFIG: &str = "AASP_CONFIG";
 /// `--log-format`: `text` or `json`.
 pub const AASP_LOG_FORMAT: &str = "AASP_LOG_FORMAT";
+/// `--transfer-key-rotation`: seconds between transfer-key rotations (0 = never).
+pub const AASP_TRANSFER_KEY_ROTATION: &str = "AASP_TRANSFER_KEY_ROTATION";

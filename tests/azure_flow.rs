@@ -559,3 +559,20 @@ async fn a_token_from_another_issuer_is_not_used() {
     assert!(err.contains("not by the configured authority"), "{err}");
     assert_eq!(s.emulator.counters.release(), 0);
 }
+
+#[tokio::test]
+async fn releases_keep_working_across_a_transfer_key_rotation() {
+    let s = stack().await;
+    for name in ["before", "after"] {
+        s.import(name, &Jwk::oct(&[8; 32]), &s.policy()).await;
+    }
+    s.release("before").await.unwrap();
+    s.provisioner.rotate_transfer_key().unwrap();
+    let released = s.release("after").await.unwrap();
+    assert_eq!(released.jwk.k, Jwk::oct(&[8; 32]).k);
+    assert_eq!(
+        s.emulator.counters.maa(),
+        2,
+        "a token bound to the old transfer key is not reused"
+    );
+}

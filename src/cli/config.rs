@@ -7,7 +7,7 @@ use crate::env;
 use std::path::Path;
 
 /// Options a configuration file may set, with the variable each feeds.
-pub const FILE_KEYS: [(&str, &str); 17] = [
+pub const FILE_KEYS: [(&str, &str); 18] = [
     ("listen", env::AASP_LISTEN),
     ("allow-remote", env::AASP_ALLOW_REMOTE),
     ("rest-listen", env::AASP_REST_LISTEN),
@@ -18,6 +18,7 @@ pub const FILE_KEYS: [(&str, &str); 17] = [
     ("client-id", env::AASP_CLIENT_ID),
     ("access-token-file", env::AASP_ACCESS_TOKEN_FILE),
     ("cache-ttl", env::AASP_CACHE_TTL),
+    ("transfer-key-rotation", env::AASP_TRANSFER_KEY_ROTATION),
     ("attester", env::AASP_ATTESTER),
     ("state-dir", env::AASP_STATE_DIR),
     ("cert-source", env::AASP_CERT_SOURCE),

@@ -61,6 +61,10 @@ pub struct BackendArgs {
     /// Seconds released keys and MAA tokens stay cached; 0 turns caching off.
     #[arg(long, env = env::AASP_CACHE_TTL, default_value_t = 300)]
     pub cache_ttl: u64,
+    /// Seconds between transfer-key rotations (the new key is generated in the background);
+    /// 0 keeps one key for the process lifetime.
+    #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600)]
+    pub transfer_key_rotation: u64,
     #[command(flatten)]
     pub attester: AttesterArgs,
     #[command(flatten)]
@@ -85,6 +89,7 @@ impl BackendArgs {
             client_id: None,
             access_token_file: None,
             cache_ttl: 300,
+            transfer_key_rotation: 3600,
             attester: AttesterArgs {
                 attester: crate::snp::attester::AttesterKind::Sim,
                 sim: super::SimArgs {
@@ -139,8 +144,13 @@ impl BackendArgs {
             cache_ttl: Duration::from_secs(self.cache_ttl),
         })
         .map_err(|e| e.to_string())?;
+        let provisioner = Arc::new(provisioner);
+        if self.transfer_key_rotation > 0 && tokio::runtime::Handle::try_current().is_ok() {
+            provisioner
+                .spawn_transfer_key_rotation(Duration::from_secs(self.transfer_key_rotation));
+        }
         Ok(Arc::new(Backend {
-            provisioner: Arc::new(provisioner),
+            provisioner,
             keys_dir: self.keys_dir.clone(),
             default_maa: self.maa_endpoint.clone(),
             provider_names: self.provider_name.clone(),

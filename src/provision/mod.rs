@@ -103,7 +103,9 @@ pub struct Provisioner {
     kms: Arc<KmsClient>,
     http: reqwest::Client,
     retry: RetryPolicy,
-    transfer_key: Arc<TransferKey>,
+    /// Replaced by `rotate_transfer_key`; each release uses one snapshot for both its token and
+    /// its unwrap.
+    transfer_key: std::sync::RwLock<Arc<TransferKey>>,
     ttl: Duration,
     keys: Slots<(KeyUrl, String), Arc<ReleasedKey>>,
     tokens: Slots<String, MaaToken>,
@@ -130,7 +132,7 @@ impl Provisioner {
             kms: parts.kms,
             http: parts.http,
             retry: parts.retry,
-            transfer_key: Arc::new(TransferKey::generate()?),
+            transfer_key: std::sync::RwLock::new(Arc::new(TransferKey::generate()?)),
             ttl: parts.cache_ttl,
             keys: std::sync::Mutex::new(HashMap::new()),
             tokens: std::sync::Mutex::new(HashMap::new()),
@@ -187,10 +189,58 @@ impl Provisioner {
         Ok(token)
     }
 
-    /// The release token: runtime data = the transfer key's JWK set. Cached per MAA until
-    /// shortly before it expires (and at most the TTL).
-    async fn release_token(&self, maa_endpoint: &str) -> Result<MaaToken> {
-        let slot = slot(&self.tokens, maa_endpoint.to_owned());
+    fn transfer_key(&self) -> Arc<TransferKey> {
+        Arc::clone(
+            &self
+                .transfer_key
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the transfer key with a freshly generated one (slow: call it off the request
+    /// path, as `spawn_transfer_key_rotation` does). Tokens bound to the old key are not reused.
+    pub fn rotate_transfer_key(&self) -> Result<()> {
+        let fresh = Arc::new(TransferKey::generate()?);
+        *self
+            .transfer_key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// Rotates the transfer key every `every`, generating the new key on the blocking pool.
+    pub fn spawn_transfer_key_rotation(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(provisioner) = this.upgrade() else {
+                    return;
+                };
+                match tokio::task::spawn_blocking(move || provisioner.rotate_transfer_key()).await {
+                    Ok(Ok(())) => tracing::info!("transfer key rotated"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "transfer key rotation failed; keeping the old key")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "transfer key rotation task failed"),
+                }
+            }
+        })
+    }
+
+    /// The release token: runtime data = the transfer key's JWK set. Cached per MAA and transfer
+    /// key until shortly before it expires (and at most the TTL).
+    async fn release_token(
+        &self,
+        maa_endpoint: &str,
+        transfer_key: &TransferKey,
+    ) -> Result<MaaToken> {
+        let kid = transfer_key.public_jwk().kid.clone().unwrap_or_default();
+        let slot = slot(&self.tokens, format!("{maa_endpoint} {kid}"));
         let mut guard = slot.lock().await;
         if let Some((token, at)) = guard.as_ref() {
             if self.fresh(*at) && token.expires_at > unix_now() + 60 {
@@ -198,7 +248,7 @@ impl Provisioner {
             }
         }
         let token = self
-            .token_for(maa_endpoint, &self.transfer_key.runtime_data())
+            .token_for(maa_endpoint, &transfer_key.runtime_data())
             .await?;
         if !self.ttl.is_zero() {
             *guard = Some((token.clone(), Instant::now()));
@@ -252,7 +302,8 @@ impl Provisioner {
         maa_endpoint: &str,
         access: Option<&Secret>,
     ) -> Result<Jwk> {
-        let token = self.release_token(maa_endpoint).await?;
+        let transfer_key = self.transfer_key();
+        let token = self.release_token(maa_endpoint, &transfer_key).await?;
         let access = match access {
             Some(given) => given.clone(),
             None => self.identity.token(resource_for_host(key.host())).await?,
@@ -261,7 +312,7 @@ impl Provisioner {
         let wrap = WrapAlgorithm::CkmRsaAesKeyWrap;
         Ok(self
             .kms
-            .release(key, &token.jwt, &access, &self.transfer_key, wrap)
+            .release(key, &token.jwt, &access, &transfer_key, wrap)
             .await?)
     }
 
