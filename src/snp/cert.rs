@@ -104,6 +104,11 @@ impl Cert {
 
     /// Every certificate in a PEM bundle, in order.
     pub fn from_pem_bundle(pem: &[u8]) -> Result<Vec<Self>, CertError> {
+        // x509-cert's chain reader underflows on input that is empty once trailing newlines are
+        // stripped (found by the `certificates` fuzz target): reject what holds no PEM first.
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(CertError::Pem("the input holds no PEM certificate".into()));
+        }
         let certs = Certificate::load_pem_chain(pem).map_err(|e| CertError::Pem(e.to_string()))?;
         if certs.is_empty() {
             return Err(CertError::Pem("the input holds no certificate".into()));
@@ -357,6 +362,13 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn pem_input_without_a_certificate_is_an_error_not_a_panic() {
+        for input in [&b""[..], b"\n", b"\r\n\r\n", b"-----END CERTIFICATE-----\n"] {
+            assert!(Cert::from_pem_bundle(input).is_err());
+        }
     }
 
     #[test]
