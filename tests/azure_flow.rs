@@ -246,6 +246,23 @@ async fn created_keys_release_with_the_public_half_kms_reports() {
     assert!(shown.release_policy.is_some());
 }
 
+/// Error messages name what failed, never a credential: no JWT (`eyJ…`) and none of the access
+/// tokens the emulator issued.
+fn assert_no_credentials(emulator: &Running, message: &str) {
+    assert!(
+        !message.contains("eyJ"),
+        "a JWT leaked into an error: {message}"
+    );
+    let tokens = emulator.issued_access_tokens();
+    assert!(!tokens.is_empty(), "the flow obtained an access token");
+    for token in tokens {
+        assert!(
+            !message.contains(&token),
+            "an access token leaked into an error: {message}"
+        );
+    }
+}
+
 async fn refused(s: &Stack, name: &str, policy: ReleasePolicy) -> String {
     s.import(name, &Jwk::oct(&[1; 32]), &policy).await;
     let before = s.emulator.counters.release();
@@ -259,6 +276,7 @@ async fn refused(s: &Stack, name: &str, policy: ReleasePolicy) -> String {
         before,
         "refused, yet released"
     );
+    assert_no_credentials(&s.emulator, &err);
     err
 }
 
@@ -526,6 +544,7 @@ async fn injected_faults_fail_cleanly_and_the_next_call_after_them_succeeds() {
         let started = std::time::Instant::now();
         let err = s.release("k").await.expect_err(spec).to_string();
         assert!(err.contains(expect), "{spec}: {err}");
+        assert_no_credentials(&s.emulator, &err);
         assert!(
             started.elapsed() < std::time::Duration::from_secs(20),
             "{spec}: retries must be bounded"

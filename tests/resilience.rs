@@ -166,6 +166,32 @@ async fn upstream_faults_end_calls_cleanly_within_the_deadline_and_recovery_need
         })
         .await
         .expect("recovered without a restart");
+
+    // A truncated gRPC frame (the prefix promises 100 bytes, 3 arrive) ends in a clean error
+    // status, and the server keeps serving.
+    let response = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://{}/keyprovider.KeyProviderService/SayHello",
+            s.server.listeners[0]
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 100, 1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        matches!(status.as_deref(), Some(s) if s != "0"),
+        "a truncated message must not succeed: {status:?}"
+    );
+    assert_eq!(health(&s).await, ServingStatus::Serving);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -136,6 +136,16 @@ impl Running {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
     }
 
+    /// Every access token IMDS and Entra ID issued so far: tests look for them where they must
+    /// not appear (logs, error messages).
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.state
+            .access_tokens
+            .lock()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
     }
