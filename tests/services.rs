@@ -752,3 +752,52 @@ fn hostile_keyprovider_documents_are_refused_and_memory_stays_bounded() {
         );
     });
 }
+
+/// Documents a client could send: arbitrary text, JSON of the right shape with arbitrary values,
+/// and byte noise.
+fn keyprovider_document() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let scalar = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        "[A-Za-z0-9+/=]{0,60}".prop_map(Value::from),
+    ];
+    let shaped = (
+        prop_oneof![Just("keywrap".to_owned()), Just("keyunwrap".to_owned()), ".{0,10}"],
+        scalar.clone(),
+        scalar.clone(),
+        scalar,
+    )
+        .prop_map(|(op, param, optsdata, annotation)| {
+            json!({
+                "op": op,
+                "keywrapparams": { "ec": { "Parameters": { "attestation-agent": [param.clone()] } }, "optsdata": optsdata },
+                "keyunwrapparams": { "dc": { "Parameters": { "attestation-agent": [param] } }, "annotation": annotation },
+            })
+            .to_string()
+            .into_bytes()
+        });
+    prop_oneof![
+        shaped,
+        ".{0,200}".prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..300)
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the document, WrapKey and UnWrapKey answer INVALID_ARGUMENT (or succeed on a
+    /// valid one): never another code, never a dead server.
+    #[test]
+    fn arbitrary_keyprovider_documents(doc in keyprovider_document()) {
+        let (wrap, unwrap) = run(async { (old_wrap(doc.clone()).await, old_unwrap(doc).await) });
+        for result in [wrap, unwrap] {
+            if let Err(status) = result {
+                proptest::prop_assert_eq!(status.code(), Code::InvalidArgument, "{:?}", status);
+            }
+        }
+    }
+}
