@@ -46,7 +46,7 @@ async fn setup(faults: &str) -> Setup {
     config.thim_json = Some(sim.thim_json());
     config.faults = faults.parse().unwrap();
     let emulator = aasp::emulator::start(config).await.unwrap();
-    let backend = BackendArgs::for_emulator(&emulator, dir.path(), None)
+    let backend = BackendArgs::for_emulator(&emulator.url, &emulator.ca_path, dir.path(), None)
         .build()
         .unwrap();
     let server = serve::start(backend, &[Listen::Tcp("127.0.0.1:0".parse().unwrap())])

@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 pub const DEFAULT_IMDS_BASE: &str = "http://169.254.169.254";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
@@ -109,7 +110,10 @@ impl IdentityProvider {
                 return Ok(token.clone());
             }
         }
-        let (token, lifetime) = self.fetch(resource).await?;
+        let (token, lifetime) = self
+            .fetch(resource)
+            .instrument(tracing::debug_span!("identity"))
+            .await?;
         let refresh_at = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN).max(lifetime / 2);
         cache.insert(resource.to_owned(), (token.clone(), refresh_at));
         Ok(token)

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 pub const API_VERSION: &str = "7.4";
 
@@ -169,7 +170,9 @@ impl KmsClient {
         let body = json!({ "target": maa_token.expose(), "enc": enc.name() });
         let response = self
             .call(reqwest::Method::POST, url.clone(), access, Some(&body))
+            .instrument(tracing::debug_span!("kms_release"))
             .await?;
+        let verifying = tracing::debug_span!("verify_release").entered();
         let jws = response
             .get("value")
             .and_then(Value::as_str)
@@ -178,11 +181,11 @@ impl KmsClient {
                 url: key.key_path(),
                 reason: "no \"value\" JWS".into(),
             })?;
-        let payload = verify_x5c(jws, key.host(), &self.anchors)?;
+        let mut payload = verify_x5c(jws, key.host(), &self.anchors)?;
         let released: Jwk = serde_json::from_value(
             payload
-                .pointer("/response/key/key")
-                .cloned()
+                .pointer_mut("/response/key/key")
+                .map(Value::take)
                 .unwrap_or_default(),
         )
         .map_err(|e| Error::BadResponse {
@@ -198,7 +201,9 @@ impl KmsClient {
                 url: key.key_path(),
                 reason: "the key has no key_hsm".into(),
             })?;
-        let mut jwk = transfer_key.unwrap_key_hsm(key_hsm, released.family()?)?;
+        drop(verifying);
+        let mut jwk = tracing::debug_span!("unwrap")
+            .in_scope(|| transfer_key.unwrap_key_hsm(key_hsm, released.family()?))?;
         jwk.kid = released.kid.clone();
         jwk.key_ops = released.key_ops.clone();
         Ok(jwk)

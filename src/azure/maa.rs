@@ -8,6 +8,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 pub const API_VERSION: &str = "2020-10-01";
 
@@ -72,9 +73,14 @@ impl MaaClient {
             "initTimeData": { "data": "", "dataType": "" },
             "nonce": u64::from_le_bytes(nonce),
         });
-        let response = send_with_retry(|| self.client.post(&url).json(&body), &self.retry).await?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let (status, text) = async {
+            let response =
+                send_with_retry(|| self.client.post(&url).json(&body), &self.retry).await?;
+            let status = response.status();
+            Ok::<_, Error>((status, response.text().await.unwrap_or_default()))
+        }
+        .instrument(tracing::debug_span!("maa_attest"))
+        .await?;
         if !status.is_success() {
             return Err(status_error("MAA", &self.base, status, &text));
         }

@@ -37,6 +37,9 @@ pub struct DevArgs {
     /// [default: ~/.local/state/aasp].
     #[arg(long, env = crate::env::AASP_STATE_DIR)]
     pub state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics on this loopback address, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The running development stack.
@@ -74,8 +77,13 @@ pub async fn start(
 
     let keys_dir = state_dir.join("keys");
     import_demo_keys(&emulator, &hex::encode(sim.host_data()), &keys_dir).await?;
-    let backend =
-        BackendArgs::for_emulator(&emulator, state_dir, Some(keys_dir.clone())).build()?;
+    let backend = BackendArgs::for_emulator(
+        &emulator.url,
+        &emulator.ca_path,
+        state_dir,
+        Some(keys_dir.clone()),
+    )
+    .build()?;
     let server = serve::start(Arc::clone(&backend), listen).await?;
     let grpc = server
         .listeners
@@ -159,11 +167,21 @@ async fn import_demo_keys(
 }
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
+    serve::warm_up_randomness();
     let state_dir = args
         .state_dir
         .clone()
         .unwrap_or_else(super::default_state_dir);
-    let stack = start(&args.listen, args.emulator_listen, &state_dir).await?;
+    let mut stack = start(&args.listen, args.emulator_listen, &state_dir).await?;
+    if let Some(addr) = args.metrics_listen {
+        let metrics = Listen::Tcp(addr);
+        serve::check_listeners(std::slice::from_ref(&metrics), false)?;
+        let bound = crate::service::Bound::bind(&metrics)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        say!("metrics: http://{}/metrics", bound.local());
+        stack.server.add(bound, crate::metrics::router());
+    }
     print_guide(&stack);
     serve::wait_for_signal().await;
     say!("stopping");

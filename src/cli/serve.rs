@@ -74,18 +74,20 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
-    /// The simulated device wired to a running emulator through the production clients: THIM
-    /// for the chain, IMDS for identity, the emulator's MAA, its dev CA trusted.
+    /// The simulated device wired to a running emulator (in this process or not) through the
+    /// production clients: THIM for the chain, IMDS for identity, the emulator's MAA, its dev CA
+    /// trusted.
     pub fn for_emulator(
-        emulator: &crate::emulator::Running,
+        emulator_url: &str,
+        emulator_ca: &std::path::Path,
         state_dir: &std::path::Path,
         keys_dir: Option<PathBuf>,
     ) -> Self {
         BackendArgs {
-            maa_endpoint: Some(emulator.host()),
+            maa_endpoint: Some(emulator_url.trim_start_matches("https://").to_owned()),
             keys_dir,
             provider_name: Vec::new(),
-            imds_endpoint: Some(emulator.url.clone()),
+            imds_endpoint: Some(emulator_url.to_owned()),
             client_id: None,
             access_token_file: None,
             cache_ttl: 300,
@@ -102,16 +104,16 @@ impl BackendArgs {
             },
             chain: ChainArgs {
                 cert_source: crate::snp::chain::CertSourceKind::Thim,
-                cert_endpoint: Some(emulator.url.clone()),
+                cert_endpoint: Some(emulator_url.to_owned()),
                 trust_root: Vec::new(),
             },
             tls: TlsArgs {
-                extra_ca: Some(emulator.ca_path.clone()),
+                extra_ca: Some(emulator_ca.to_path_buf()),
             },
         }
     }
 
-    /// Builds the backend. The transfer key is generated here, before any request.
+    /// Builds the backend; the transfer key starts generating in the background.
     pub fn build(&self) -> Result<Arc<Backend>, String> {
         let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
         let attester = self.attester.open()?;
@@ -226,7 +228,24 @@ pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, 
     Ok(running)
 }
 
+/// aws-lc seeds its RNG from CPU jitter entropy on first use in a process: about 40 ms of CPU
+/// here. Starting that now, on its own thread, overlaps it with the rest of start-up instead of
+/// leaving it in front of the first report (and of health SERVING). Jitter entropy stays on:
+/// inside a TEE a second entropy source beside the guest kernel's is worth 40 ms once.
+pub fn warm_up_randomness() {
+    let _ = std::thread::Builder::new()
+        .name("rng-warm-up".into())
+        .spawn(|| {
+            let mut byte = [0u8; 1];
+            let _ = aws_lc_rs::rand::SecureRandom::fill(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                &mut byte,
+            );
+        });
+}
+
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    warm_up_randomness();
     let rest: Vec<Listen> = args.rest_listen.map(Listen::Tcp).into_iter().collect();
     let metrics: Vec<Listen> = args.metrics_listen.map(Listen::Tcp).into_iter().collect();
     check_listeners(&args.listen, args.allow_remote)?;

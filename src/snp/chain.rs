@@ -18,6 +18,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -446,8 +447,13 @@ pub async fn attest(
     chains: &ChainCache,
     report_data: [u8; 64],
 ) -> Result<Attested> {
-    let (report, raw) = fetch_report(attester, report_data).await?;
-    let endorsement = chains.get(&report).await?;
+    let (report, raw) = fetch_report(attester, report_data)
+        .instrument(tracing::debug_span!("report"))
+        .await?;
+    let endorsement = chains
+        .get(&report)
+        .instrument(tracing::debug_span!("chain"))
+        .await?;
     if endorsement.tcbm == report.reported_tcb {
         return Ok(Attested {
             report,
