@@ -93,6 +93,13 @@ pub struct Counters {
     pub cache_hits: AtomicU64,
 }
 
+#[derive(Clone)]
+enum TransferKeyState {
+    Generating,
+    Ready(Arc<TransferKey>),
+    Failed(String),
+}
+
 type Slot<T> = Arc<Mutex<Option<(T, Instant)>>>;
 type Slots<K, T> = std::sync::Mutex<HashMap<K, Slot<T>>>;
 
@@ -103,9 +110,9 @@ pub struct Provisioner {
     kms: Arc<KmsClient>,
     http: reqwest::Client,
     retry: RetryPolicy,
-    /// Replaced by `rotate_transfer_key`; each release uses one snapshot for both its token and
-    /// its unwrap.
-    transfer_key: std::sync::RwLock<Arc<TransferKey>>,
+    /// Generated in the background from start-up and replaced by `rotate_transfer_key`; each
+    /// release uses one snapshot for both its token and its unwrap.
+    transfer_key: Arc<tokio::sync::watch::Sender<TransferKeyState>>,
     ttl: Duration,
     keys: Slots<(KeyUrl, String), Arc<ReleasedKey>>,
     tokens: Slots<String, MaaToken>,
@@ -123,8 +130,27 @@ pub struct ProvisionerParts {
 }
 
 impl Provisioner {
-    /// Generates the transfer key here, at start-up, so no request waits for it.
+    /// Starts generating the transfer key on its own thread: RSA key generation takes tens to
+    /// hundreds of milliseconds, which start-up (health SERVING) should not wait for. It is
+    /// ready long before the first release in practice; a release that comes sooner waits.
     pub fn new(parts: ProvisionerParts) -> Result<Self> {
+        let transfer_key = Arc::new(tokio::sync::watch::Sender::new(
+            TransferKeyState::Generating,
+        ));
+        let generated = Arc::clone(&transfer_key);
+        std::thread::Builder::new()
+            .name("transfer-key".into())
+            .spawn(move || {
+                generated.send_replace(match TransferKey::generate() {
+                    Ok(key) => TransferKeyState::Ready(Arc::new(key)),
+                    Err(e) => TransferKeyState::Failed(e.to_string()),
+                });
+            })
+            .map_err(|e| {
+                Error::Azure(crate::azure::Error::Unwrap(format!(
+                    "cannot start the transfer-key thread: {e}"
+                )))
+            })?;
         Ok(Provisioner {
             attester: parts.attester,
             chains: parts.chains,
@@ -132,7 +158,7 @@ impl Provisioner {
             kms: parts.kms,
             http: parts.http,
             retry: parts.retry,
-            transfer_key: std::sync::RwLock::new(Arc::new(TransferKey::generate()?)),
+            transfer_key,
             ttl: parts.cache_ttl,
             keys: std::sync::Mutex::new(HashMap::new()),
             tokens: std::sync::Mutex::new(HashMap::new()),
@@ -189,23 +215,30 @@ impl Provisioner {
         Ok(token)
     }
 
-    fn transfer_key(&self) -> Arc<TransferKey> {
-        Arc::clone(
-            &self
-                .transfer_key
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// The current transfer key, once generated.
+    pub async fn transfer_key_ready(&self) -> Result<Arc<TransferKey>> {
+        let mut state = self.transfer_key.subscribe();
+        let settled = state
+            .wait_for(|s| !matches!(s, TransferKeyState::Generating))
+            .await
+            .map(|s| s.clone());
+        match settled {
+            Ok(TransferKeyState::Ready(key)) => Ok(key),
+            Ok(TransferKeyState::Failed(e)) => Err(Error::Azure(crate::azure::Error::Unwrap(
+                format!("no transfer key: {e}"),
+            ))),
+            Ok(TransferKeyState::Generating) | Err(_) => Err(Error::Azure(
+                crate::azure::Error::Unwrap("no transfer key: its generation stopped".into()),
+            )),
+        }
     }
 
     /// Replaces the transfer key with a freshly generated one (slow: call it off the request
     /// path, as `spawn_transfer_key_rotation` does). Tokens bound to the old key are not reused.
     pub fn rotate_transfer_key(&self) -> Result<()> {
         let fresh = Arc::new(TransferKey::generate()?);
-        *self
-            .transfer_key
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        self.transfer_key
+            .send_replace(TransferKeyState::Ready(fresh));
         Ok(())
     }
 
@@ -302,7 +335,10 @@ impl Provisioner {
         maa_endpoint: &str,
         access: Option<&Secret>,
     ) -> Result<Jwk> {
-        let transfer_key = self.transfer_key();
+        let transfer_key = self
+            .transfer_key_ready()
+            .instrument(tracing::debug_span!("transfer_key"))
+            .await?;
         let token = self.release_token(maa_endpoint, &transfer_key).await?;
         let access = match access {
             Some(given) => given.clone(),
