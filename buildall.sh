@@ -114,7 +114,7 @@ bench_dev_stack() {
   target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
     > target/bench-dev.log 2>&1 &
   bench_pid=$!
-  trap 'kill $bench_pid 2>/dev/null' EXIT
+  trap 'kill $bench_pid 2>/dev/null || true' EXIT
   for _ in $(seq 1 150); do grep -q "Ctrl-C stops everything" target/bench-dev.log && break; sleep 0.2; done
   echo "idle RSS of aasp dev (server + emulator): $(grep VmRSS /proc/$bench_pid/status)"
   case " $parts " in *" load "*)

@@ -7,6 +7,8 @@
 //! - `bare_decrypt`: aws-lc RSA-OAEP-SHA256 decrypt with the released key the server caches;
 //! - `library_unwrap`: `provision::layer::unwrap_with`, the server's decrypt step (base64 of
 //!   the packet, zeroized output) without gRPC;
+//! - `provisioner_unwrap`: `Provisioner::unwrap_layer_key`, adding the released-key cache
+//!   lookup (per-key lock) to the above;
 //! - `empty_rpc`: SayHello, one gRPC round trip doing nothing;
 //! - `grpc_unwrap_key`: the whole UnWrapKey call, JSON in and out, key from the cache.
 //!
@@ -39,7 +41,7 @@ struct Fixture {
     packet: AnnotationPacket,
     ciphertext: Vec<u8>,
     released: Arc<ReleasedKey>,
-    _stack: dev::DevStack,
+    stack: dev::DevStack,
     _state: tempfile::TempDir,
 }
 
@@ -121,7 +123,7 @@ impl Fixture {
             packet,
             ciphertext,
             released,
-            _stack: stack,
+            stack,
             _state: state,
         }
     }
@@ -146,6 +148,14 @@ fn bench(c: &mut Criterion, f: &Fixture) {
     });
     group.bench_function("library_unwrap", |b| {
         b.iter(|| unwrap_with(black_box(&f.packet), &f.released).unwrap())
+    });
+    let provisioner = &f.stack.backend.provisioner;
+    group.bench_function("provisioner_unwrap", |b| {
+        b.iter(|| {
+            f.runtime
+                .block_on(provisioner.unwrap_layer_key(black_box(&f.packet)))
+                .unwrap()
+        })
     });
     group.bench_function("empty_rpc", |b| {
         b.iter(|| {
@@ -186,9 +196,10 @@ fn median_ns(id: &str) -> Option<f64> {
 }
 
 fn print_ratio() {
-    let [Some(bare), Some(library), Some(empty), Some(unwrap)] = [
+    let [Some(bare), Some(library), Some(provisioner), Some(empty), Some(unwrap)] = [
         "bare_decrypt",
         "library_unwrap",
+        "provisioner_unwrap",
         "empty_rpc",
         "grpc_unwrap_key",
     ]
@@ -198,9 +209,10 @@ fn print_ratio() {
     };
     let us = |ns: f64| ns / 1e3;
     println!(
-        "medians: bare decrypt {:.1} µs, library unwrap {:.1} µs, empty RPC {:.1} µs, UnWrapKey {:.1} µs",
+        "medians: bare decrypt {:.1} µs, library unwrap {:.1} µs, provisioner unwrap {:.1} µs, empty RPC {:.1} µs, UnWrapKey {:.1} µs",
         us(bare),
         us(library),
+        us(provisioner),
         us(empty),
         us(unwrap)
     );

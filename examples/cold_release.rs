@@ -39,6 +39,7 @@ struct Args {
 
 /// The steps of a release, in the order they happen, with what each is.
 const STEPS: &[(&str, &str)] = &[
+    ("transfer_key", "wait for the transfer key (pre-generated)"),
     ("report", "SNP report (simulator signs it)"),
     ("chain", "VCEK chain from THIM + verification"),
     ("maa_attest", "MAA attest/SevSnpVm round trip"),
@@ -164,6 +165,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         for _ in 0..args.rounds {
             let backend = backend_args.build()?;
+            // A running server generated its transfer key at start-up, long before this.
+            backend.provisioner.transfer_key_ready().await?;
             backend.provisioner.release(&key, &maa).await?;
             drop(backend);
             // Let the old connections close now rather than inside the next round's first step.
