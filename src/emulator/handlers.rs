@@ -361,17 +361,7 @@ fn store(
         policy_b64,
     };
     let response = bundle(headers, name, &key);
-    state
-        .keys
-        .lock()
-        .map_err(|_| {
-            Failure(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                "state poisoned".into(),
-            )
-        })?
-        .insert(name.to_owned(), key);
+    stored_keys(state)?.insert(name.to_owned(), key);
     Ok(Json(response))
 }
 
@@ -486,23 +476,38 @@ fn lookup(
     version: Option<&str>,
 ) -> Result<Json<Value>, Failure> {
     require_bearer(state, headers)?;
-    let keys = state.keys.lock().map_err(|_| {
+    let keys = stored_keys(state)?;
+    let key = find_key(&keys, name, version)?;
+    Ok(Json(bundle(headers, name, key)))
+}
+
+fn stored_keys(
+    state: &State,
+) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, StoredKey>>, Failure> {
+    state.keys.lock().map_err(|_| {
         Failure(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal",
             "state poisoned".into(),
         )
-    })?;
-    match keys.get(name) {
-        Some(key) if version.is_none_or(|v| v == key.version) => {
-            Ok(Json(bundle(headers, name, key)))
-        }
-        _ => Err(Failure(
-            StatusCode::NOT_FOUND,
-            "KeyNotFound",
-            format!("A key with (name/id) {name} was not found"),
-        )),
-    }
+    })
+}
+
+/// The key `name`, at `version` when one is given (the latest is the only one kept).
+fn find_key<'a>(
+    keys: &'a std::collections::HashMap<String, StoredKey>,
+    name: &str,
+    version: Option<&str>,
+) -> Result<&'a StoredKey, Failure> {
+    keys.get(name)
+        .filter(|key| version.is_none_or(|v| v == key.version))
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::NOT_FOUND,
+                "KeyNotFound",
+                format!("A key with (name/id) {name} was not found"),
+            )
+        })
 }
 
 async fn release_latest(
@@ -571,23 +576,8 @@ fn release(
         return Err(forbidden(format!("the attestation token expired at {exp}")));
     }
 
-    let keys = state.keys.lock().map_err(|_| {
-        Failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal",
-            "state poisoned".into(),
-        )
-    })?;
-    let key = match keys.get(name) {
-        Some(key) if version.is_none_or(|v| v == key.version) => key,
-        _ => {
-            return Err(Failure(
-                StatusCode::NOT_FOUND,
-                "KeyNotFound",
-                format!("A key with (name/id) {name} was not found"),
-            ))
-        }
-    };
+    let keys = stored_keys(state)?;
+    let key = find_key(&keys, name, version)?;
     key.policy.evaluate(issuer, &claims).map_err(|reason| {
         forbidden(format!(
             "Target environment attestation statement cannot be verified: {reason}"
