@@ -8,7 +8,9 @@
     clippy::indexing_slicing
 )]
 
-use aasp::cli::dev::{self, DEMO_OCT_KEY};
+mod common;
+
+use aasp::cli::dev::DEMO_OCT_KEY;
 use aasp::proto::attestation_agent::{
     attestation_agent_service_client::AttestationAgentServiceClient, GetTokenRequest,
 };
@@ -18,7 +20,6 @@ use aasp::proto::getresource::{
 use aasp::proto::keyprovider::{
     key_provider_service_client::KeyProviderServiceClient, KeyProviderKeyWrapProtocolInput,
 };
-use aasp::service::Listen;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -45,15 +46,8 @@ async fn no_secret_reaches_the_logs() {
         .with_writer(move || writer.clone())
         .init();
 
-    let dir = tempfile::tempdir().unwrap();
-    let stack = dev::start(
-        &[Listen::Tcp("127.0.0.1:0".parse().unwrap())],
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path(),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", stack.server.listeners[0]);
+    let stack = common::Dev::start().await;
+    let url = stack.grpc_url();
     let b64 = base64::engine::general_purpose::STANDARD;
 
     let layer_key = *b"layer-key-0123456789-abcdefghijk";

@@ -8,7 +8,9 @@
     clippy::indexing_slicing
 )]
 
-use aasp::cli::dev::{self, DevStack, DEMO_OCT_KEY, DEMO_RSA_KEY};
+mod common;
+
+use aasp::cli::dev::{DEMO_OCT_KEY, DEMO_RSA_KEY};
 use aasp::proto::attestation_agent::{
     self as aa, attestation_agent_service_client::AttestationAgentServiceClient,
 };
@@ -32,8 +34,7 @@ use tonic::Code;
 
 struct Shared {
     runtime: tokio::runtime::Runtime,
-    stack: DevStack,
-    _dir: tempfile::TempDir,
+    stack: common::Dev,
 }
 
 fn shared() -> &'static Shared {
@@ -43,20 +44,8 @@ fn shared() -> &'static Shared {
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let listen = [Listen::Tcp("127.0.0.1:0".parse().unwrap())];
-        let stack = runtime
-            .block_on(dev::start(
-                &listen,
-                "127.0.0.1:0".parse().unwrap(),
-                dir.path(),
-            ))
-            .unwrap();
-        Shared {
-            runtime,
-            stack,
-            _dir: dir,
-        }
+        let stack = runtime.block_on(common::Dev::start());
+        Shared { runtime, stack }
     })
 }
 

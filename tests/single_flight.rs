@@ -8,11 +8,12 @@
     clippy::indexing_slicing
 )]
 
-use aasp::cli::dev::{self, DEMO_RSA_KEY};
+mod common;
+
+use aasp::cli::dev::DEMO_RSA_KEY;
 use aasp::proto::keyprovider::{
     key_provider_service_client::KeyProviderServiceClient, KeyProviderKeyWrapProtocolInput,
 };
-use aasp::service::Listen;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -20,15 +21,8 @@ use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = dev::start(
-        &[Listen::Tcp("127.0.0.1:0".parse().unwrap())],
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path(),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", stack.server.listeners[0]);
+    let stack = common::Dev::start().await;
+    let url = stack.grpc_url();
     let mut client = KeyProviderServiceClient::connect(url.clone())
         .await
         .unwrap();

@@ -81,3 +81,34 @@ pub async fn serve(router: axum::Router) -> std::net::SocketAddr {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     addr
 }
+
+/// The `aasp dev` stack (emulator, simulator, demo keys, gRPC server) in this process on
+/// ephemeral loopback ports; its state directory lives as long as it does.
+pub struct Dev {
+    pub stack: aasp::cli::dev::DevStack,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = [aasp::service::Listen::Tcp("127.0.0.1:0".parse().unwrap())];
+        let stack = aasp::cli::dev::start(&listen, "127.0.0.1:0".parse().unwrap(), dir.path())
+            .await
+            .unwrap();
+        Dev { stack, _dir: dir }
+    }
+
+    /// `http://host:port` of the first gRPC listener.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.stack.server.listeners[0])
+    }
+}
+
+impl std::ops::Deref for Dev {
+    type Target = aasp::cli::dev::DevStack;
+
+    fn deref(&self) -> &Self::Target {
+        &self.stack
+    }
+}
