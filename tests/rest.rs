@@ -8,8 +8,9 @@
     clippy::indexing_slicing
 )]
 
-use aasp::cli::dev::{self, DEMO_OCT_KEY};
-use aasp::service::Listen;
+mod common;
+
+use aasp::cli::dev::DEMO_OCT_KEY;
 use aasp::snp::report::{report_data_for_runtime, AttestationReport};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -33,11 +34,7 @@ async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = [Listen::Tcp("127.0.0.1:0".parse().unwrap())];
-    let stack = dev::start(&listen, "127.0.0.1:0".parse().unwrap(), dir.path())
-        .await
-        .unwrap();
+    let stack = common::Dev::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = aasp::service::rest::router(std::sync::Arc::clone(&stack.backend));
@@ -158,4 +155,94 @@ async fn every_route() {
     assert_eq!(response.status().as_u16(), 400);
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].is_string());
+}
+
+/// One stack and REST server for the property test's many cases.
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+    _dev: common::Dev,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (dev, addr) = runtime.block_on(async {
+            let dev = common::Dev::start().await;
+            let router = aasp::service::rest::router(std::sync::Arc::clone(&dev.backend));
+            let addr = common::serve(router).await;
+            (dev, addr)
+        });
+        Shared {
+            runtime,
+            client: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            _dev: dev,
+        }
+    })
+}
+
+/// Bodies a client could send: the routes' fields with arbitrary values (endpoints left empty,
+/// so nothing leaves for a random host), arbitrary text, and byte noise.
+fn rest_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let scalar = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        "[A-Za-z0-9+/=]{0,60}".prop_map(Value::from),
+    ];
+    let shaped = (scalar.clone(), scalar.clone(), scalar).prop_map(|(runtime_data, kid, token)| {
+        json!({
+            "runtime_data": runtime_data,
+            "maa_endpoint": "",
+            "akv_endpoint": "",
+            "kid": kid,
+            "access_token": token,
+        })
+        .to_string()
+        .into_bytes()
+    });
+    prop_oneof![
+        shaped,
+        ".{0,200}".prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..300)
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever the body, every POST route answers 200 or 400 with one JSON document, and a 400
+    /// says what is wrong: never a 5xx, never a dead server.
+    #[test]
+    fn arbitrary_rest_bodies(body in rest_body()) {
+        let s = shared();
+        for path in ["/attest/raw", "/attest/combined", "/attest/maa", "/key/release"] {
+            let (status, text) = s.runtime.block_on(async {
+                let response = s
+                    .client
+                    .post(format!("{}{path}", s.base))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            });
+            proptest::prop_assert!(status == 200 || status == 400, "{path}: {status} {text}");
+            let doc: Value = serde_json::from_str(&text)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{path}: {e}: {text}")))?;
+            if status == 400 {
+                let error = doc["error"].as_str().unwrap_or_default();
+                proptest::prop_assert!(!error.is_empty(), "{path}: {text}");
+            }
+        }
+    }
 }

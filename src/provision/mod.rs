@@ -196,6 +196,13 @@ impl Provisioner {
 
     /// An MAA token for `runtime_data` (not cached: each caller's data differs).
     pub async fn token_for(&self, maa_endpoint: &str, runtime_data: &[u8]) -> Result<MaaToken> {
+        // MAA takes it as dataType JSON and answers anything else with a 400 that cannot be told
+        // apart from a refused report; the caller's mistake is named here instead.
+        serde_json::from_slice::<serde::de::IgnoredAny>(runtime_data).map_err(|e| {
+            Error::Invalid(format!(
+                "runtime data must be a JSON document (MAA binds it as JSON): {e}"
+            ))
+        })?;
         let evidence = self.evidence(runtime_data).await?;
         self.counters.maa_calls.fetch_add(1, Ordering::Relaxed);
         let maa = self.maa(maa_endpoint);
