@@ -38,6 +38,9 @@ pub enum Error {
     /// The caller's request cannot be acted on (malformed packet, unknown key reference).
     #[error("{0}")]
     Invalid(String),
+    /// This process has no transfer key to release keys to.
+    #[error("no transfer key: {0}")]
+    NoTransferKey(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -146,11 +149,7 @@ impl Provisioner {
                     Err(e) => TransferKeyState::Failed(e.to_string()),
                 });
             })
-            .map_err(|e| {
-                Error::Azure(crate::azure::Error::Unwrap(format!(
-                    "cannot start the transfer-key thread: {e}"
-                )))
-            })?;
+            .map_err(|e| Error::NoTransferKey(format!("cannot start its thread: {e}")))?;
         Ok(Provisioner {
             attester: parts.attester,
             chains: parts.chains,
@@ -231,12 +230,10 @@ impl Provisioner {
             .map(|s| s.clone());
         match settled {
             Ok(TransferKeyState::Ready(key)) => Ok(key),
-            Ok(TransferKeyState::Failed(e)) => Err(Error::Azure(crate::azure::Error::Unwrap(
-                format!("no transfer key: {e}"),
-            ))),
-            Ok(TransferKeyState::Generating) | Err(_) => Err(Error::Azure(
-                crate::azure::Error::Unwrap("no transfer key: its generation stopped".into()),
-            )),
+            Ok(TransferKeyState::Failed(e)) => Err(Error::NoTransferKey(e)),
+            Ok(TransferKeyState::Generating) | Err(_) => {
+                Err(Error::NoTransferKey("its generation stopped".into()))
+            }
         }
     }
 

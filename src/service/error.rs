@@ -34,6 +34,7 @@ impl ServiceError {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::Provision(ProvisionError::Invalid(_)) => Code::InvalidArgument,
+            ServiceError::Provision(ProvisionError::NoTransferKey(_)) => Code::Internal,
             ServiceError::Provision(ProvisionError::Snp(e)) => snp_code(e),
             ServiceError::Provision(ProvisionError::Azure(e)) => azure_code(e),
         }
@@ -86,5 +87,57 @@ pub fn http_status(code: Code) -> u16 {
         Code::InvalidArgument | Code::NotFound => 400,
         Code::PermissionDenied | Code::Unauthenticated => 403,
         _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(service: &'static str, status: u16) -> ServiceError {
+        ServiceError::Provision(ProvisionError::Azure(AzureError::Refused {
+            service,
+            url: "https://upstream.example".into(),
+            status,
+            message: "no".into(),
+        }))
+    }
+
+    #[test]
+    fn each_kind_of_failure_gets_its_code_and_http_status() {
+        let cases = [
+            (
+                ServiceError::invalid("bad packet"),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                ServiceError::Provision(ProvisionError::Invalid("runtime data".into())),
+                Code::InvalidArgument,
+                400,
+            ),
+            (refused("MAA", 400), Code::PermissionDenied, 403),
+            (refused("KMS", 403), Code::PermissionDenied, 403),
+            (refused("KMS", 404), Code::NotFound, 400),
+            (
+                ServiceError::Provision(ProvisionError::Azure(AzureError::Upstream {
+                    service: "KMS",
+                    url: "https://upstream.example".into(),
+                    status: 503,
+                    message: "busy".into(),
+                })),
+                Code::Unavailable,
+                500,
+            ),
+            (
+                ServiceError::Provision(ProvisionError::NoTransferKey("generation failed".into())),
+                Code::Internal,
+                500,
+            ),
+        ];
+        for (error, code, http) in cases {
+            assert_eq!(error.code(), code, "{error}");
+            assert_eq!(http_status(error.code()), http, "{error}");
+        }
     }
 }
