@@ -191,13 +191,7 @@ fn shared() -> &'static Shared {
 /// so nothing leaves for a random host), arbitrary text, and byte noise.
 fn rest_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
     use proptest::prelude::*;
-    let scalar = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        ".{0,40}".prop_map(Value::from),
-        "[A-Za-z0-9+/=]{0,60}".prop_map(Value::from),
-    ];
+    let scalar = common::json_scalar();
     let shaped = (scalar.clone(), scalar.clone(), scalar).prop_map(|(runtime_data, kid, token)| {
         json!({
             "runtime_data": runtime_data,
@@ -209,11 +203,7 @@ fn rest_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         .to_string()
         .into_bytes()
     });
-    prop_oneof![
-        shaped,
-        ".{0,200}".prop_map(String::into_bytes),
-        proptest::collection::vec(any::<u8>(), 0..300)
-    ]
+    common::body_or_noise(shaped)
 }
 
 proptest::proptest! {

@@ -746,13 +746,7 @@ fn hostile_keyprovider_documents_are_refused_and_memory_stays_bounded() {
 /// and byte noise.
 fn keyprovider_document() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
     use proptest::prelude::*;
-    let scalar = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        ".{0,40}".prop_map(Value::from),
-        "[A-Za-z0-9+/=]{0,60}".prop_map(Value::from),
-    ];
+    let scalar = common::json_scalar();
     let shaped = (
         prop_oneof![Just("keywrap".to_owned()), Just("keyunwrap".to_owned()), ".{0,10}"],
         scalar.clone(),
@@ -768,11 +762,7 @@ fn keyprovider_document() -> impl proptest::strategy::Strategy<Value = Vec<u8>> 
             .to_string()
             .into_bytes()
         });
-    prop_oneof![
-        shaped,
-        ".{0,200}".prop_map(String::into_bytes),
-        proptest::collection::vec(any::<u8>(), 0..300)
-    ]
+    common::body_or_noise(shaped)
 }
 
 proptest::proptest! {

@@ -112,3 +112,29 @@ impl std::ops::Deref for Dev {
         &self.stack
     }
 }
+
+/// Values a client could put in any JSON field: null, booleans, numbers, text, base64-like text.
+pub fn json_scalar() -> impl proptest::strategy::Strategy<Value = serde_json::Value> + Clone {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        "[A-Za-z0-9+/=]{0,60}".prop_map(Value::from),
+    ]
+}
+
+/// A request body a client could send: `shaped` (the right fields, arbitrary values), arbitrary
+/// text, or byte noise.
+pub fn body_or_noise(
+    shaped: impl proptest::strategy::Strategy<Value = Vec<u8>>,
+) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        shaped,
+        ".{0,200}".prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..300)
+    ]
+}
