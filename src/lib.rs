@@ -8,6 +8,7 @@
 //! - `env`: every environment variable aasp reads.
 //! - `metrics`: the one metrics registry (Prometheus text on `--metrics-listen`).
 //! - `azure`: MAA, identity, Managed HSM / Key Vault, the key unwrap, release policies.
+//! - `kbs`: the Trustee Key Broker Service client (RCAR, sessions, TEE key, JWE resources).
 //! - `provision`: the secret flow (attest → token → release → unwrap), caches, layer keys.
 //! - `service`: the gRPC services and the SKR REST API.
 //! - `emulator`: the local Azure stack for development and tests.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod emulator;
 pub mod env;
 pub mod http;
+pub mod kbs;
 pub mod metrics;
 pub mod proto;
 pub mod provision;
