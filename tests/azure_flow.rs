@@ -15,7 +15,7 @@ use aasp::azure::jwk::{Jwk, KeyFamily};
 use aasp::azure::jws::{verify_x5c, Anchors};
 use aasp::azure::kms::{KeySpec, KeyUrl, KmsClient};
 use aasp::azure::maa::MaaClient;
-use aasp::azure::policy::ReleasePolicy;
+use aasp::azure::policy::{ReleasePolicy, UvmRequirement};
 use aasp::azure::Secret;
 use aasp::emulator::{self, Running};
 use aasp::http::{HttpOptions, RetryPolicy};
@@ -50,6 +50,7 @@ async fn stack_with(sim: SimOptions, config: impl FnOnce(&mut emulator::Config))
     let mut cfg = emulator::Config::new(dir.path().to_path_buf());
     cfg.extra_roots = sim.simulated_root().into_iter().collect();
     cfg.thim_json = Some(sim.thim_json());
+    cfg.accepted_measurements = vec![sim.measurement()];
     config(&mut cfg);
     let emulator = emulator::start(cfg).await.unwrap();
     let client = aasp::http::client(&HttpOptions {
@@ -230,7 +231,7 @@ async fn created_keys_release_with_the_public_half_kms_reports() {
         .create(
             &s.key("made"),
             &KeySpec::Rsa { bits: 2048 },
-            &s.policy(),
+            Some(&s.policy()),
             &access,
         )
         .await
@@ -289,6 +290,126 @@ async fn refuses_wrong_host_data() {
         err.contains("403") && err.contains("x-ms-sevsnpvm-hostdata"),
         "{err}"
     );
+}
+
+/// A guest whose launch measurement MAA does not vouch for (`azure-non-compliant`) gets no key
+/// from a generated policy, even with the right host_data (which the host chooses).
+#[tokio::test]
+async fn refuses_a_non_compliant_uvm() {
+    let s = stack_with(
+        SimOptions {
+            state_dir: common::sim_state_dir(),
+            ..Default::default()
+        },
+        |c| c.accepted_measurements = vec![[0x5a; 48]],
+    )
+    .await;
+    let err = refused(&s, "k", s.policy()).await;
+    assert!(
+        err.contains("403") && err.contains("x-ms-compliance-status is \"azure-non-compliant\""),
+        "{err}"
+    );
+    // A policy pinning the simulator's launch measurement instead does release.
+    let measurement = {
+        let sim = Simulated::open(&SimOptions {
+            state_dir: common::sim_state_dir(),
+            ..Default::default()
+        })
+        .unwrap();
+        hex::encode(sim.measurement())
+    };
+    let pinned = ReleasePolicy::for_workload(
+        &s.emulator.host(),
+        &s.hostdata,
+        &UvmRequirement::LaunchMeasurement(measurement),
+        &[],
+    );
+    s.import("pinned", &Jwk::oct(&[3; 32]), &pinned).await;
+    s.release("pinned").await.unwrap();
+}
+
+/// A non-exportable key never leaves the HSM, whatever the token says; Key Vault's rules on
+/// policies and exportability hold at creation.
+#[tokio::test]
+async fn non_exportable_keys_are_never_released() {
+    let s = stack().await;
+    let access = s.access().await;
+    let bundle = s
+        .kms
+        .create(&s.key("fixed"), &KeySpec::Oct { bits: 256 }, None, &access)
+        .await
+        .unwrap();
+    assert_eq!(bundle.attributes["exportable"], serde_json::json!(false));
+    assert!(bundle.release_policy.is_none());
+    let err = s.release("fixed").await.unwrap_err().to_string();
+    assert!(
+        err.contains("403") && err.contains("not exportable"),
+        "{err}"
+    );
+    assert_eq!(s.emulator.counters.release(), 0);
+
+    // Exportable without a policy, or non-exportable with one: refused as Key Vault does.
+    let url = format!("{}/keys/raw?api-version=7.4", s.emulator.url);
+    let policy = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&s.policy()).unwrap());
+    for (body, expected) in [
+        (
+            serde_json::json!({"key": Jwk::oct(&[1; 32]), "attributes": {"exportable": true}}),
+            "Exportable keys must have release policy",
+        ),
+        (
+            serde_json::json!({"key": Jwk::oct(&[1; 32]), "attributes": {"exportable": false},
+                "release_policy": {"data": policy}}),
+            "Non-exportable keys must not have release policy",
+        ),
+    ] {
+        let response = s
+            .client
+            .put(&url)
+            .bearer_auth(access.expose())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let text = response.text().await.unwrap();
+        assert!(text.contains(expected), "{text}");
+    }
+}
+
+/// An empty allOf is vacuously true: the emulated HSM refuses such a policy (and an empty
+/// anyOf) at import, so it can never release to any token from the authority.
+#[tokio::test]
+async fn refuses_policies_with_empty_groups() {
+    let s = stack().await;
+    for text in [
+        format!(
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"https://{}","allOf":[]}}]}}"#,
+            s.emulator.host()
+        ),
+        format!(
+            r#"{{"version":"1.0.0","anyOf":[{{"authority":"https://{}","anyOf":[]}}]}}"#,
+            s.emulator.host()
+        ),
+        r#"{"version":"1.0.0","anyOf":[]}"#.to_owned(),
+    ] {
+        let policy = ReleasePolicy::parse(text.as_bytes()).unwrap();
+        let err = s
+            .kms
+            .import(
+                &s.key("empty"),
+                &Jwk::oct(&[4; 32]),
+                &policy,
+                &s.access().await,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("400") && err.contains("empty"),
+            "{text}: {err}"
+        );
+    }
 }
 
 #[tokio::test]

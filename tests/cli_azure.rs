@@ -145,7 +145,10 @@ fn a_release_reproduced_by_hand() {
         state_dir,
     ];
     release.extend(kms);
-    let out: serde_json::Value = serde_json::from_str(&ok(&aasp(&release))).unwrap();
+    // Simulator settings hold for one run only: the guest runs under the same policy again.
+    let mut same = release.clone();
+    same.extend(["--sim-security-policy", policy_file.to_str().unwrap()]);
+    let out: serde_json::Value = serde_json::from_str(&ok(&aasp(&same))).unwrap();
     assert_eq!(out["released"], true);
     assert_eq!(out["kid"], created["key"]["kid"]);
 
@@ -161,6 +164,89 @@ fn a_release_reproduced_by_hand() {
         err.contains("403") && err.contains("x-ms-sevsnpvm-hostdata"),
         "{err}"
     );
+
+    // Another launch measurement: the emulated MAA says azure-non-compliant, the generated
+    // policy (which requires azure-compliant-uvm) refuses, although host_data matches.
+    let mut other_image = same.clone();
+    let measurement = "42".repeat(48);
+    other_image.extend(["--sim-measurement", &measurement]);
+    let out = aasp(&other_image);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403") && err.contains("azure-non-compliant"),
+        "{err}"
+    );
+
+    // A key created non-exportable is never released, whatever the guest.
+    let mut create_fixed = vec![
+        "key",
+        "create",
+        "--name",
+        "fixed",
+        "--kty",
+        "oct",
+        "--non-exportable",
+    ];
+    create_fixed.extend(kms);
+    let created: serde_json::Value = serde_json::from_str(&ok(&aasp(&create_fixed))).unwrap();
+    assert_eq!(created["attributes"]["exportable"], false);
+    let mut release_fixed = same.clone();
+    release_fixed[3] = "fixed";
+    let out = aasp(&release_fixed);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403") && err.contains("not exportable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_check_warns_about_policies_that_release_to_any_uvm() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.json");
+    std::fs::write(
+        &open,
+        r#"{"version":"1.0.0","anyOf":[{"authority":"https://maa.example","allOf":[
+            {"claim":"x-ms-attestation-type","equals":"sevsnpvm"},
+            {"claim":"x-ms-sevsnpvm-hostdata","equals":"abcd"}]}]}"#,
+    )
+    .unwrap();
+    let out = aasp(&["policy", "check", "--policy", open.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("releases to any UVM"),
+        "{err}"
+    );
+
+    let empty = dir.path().join("empty.json");
+    std::fs::write(
+        &empty,
+        r#"{"version":"1.0.0","anyOf":[{"authority":"https://maa.example","allOf":[]}]}"#,
+    )
+    .unwrap();
+    let out = aasp(&["policy", "check", "--policy", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty allOf"));
+
+    // A generated policy pins the UVM: no warning.
+    let generated = dir.path().join("generated.json");
+    let text = ok(&aasp(&[
+        "policy",
+        "release",
+        "--maa",
+        "maa.example",
+        "--hostdata",
+        &"ab".repeat(32),
+        "--compliance-status",
+        "azure-signed-katacc-uvm",
+    ]));
+    assert!(text.contains("azure-signed-katacc-uvm"), "{text}");
+    std::fs::write(&generated, text).unwrap();
+    let out = aasp(&["policy", "check", "--policy", generated.to_str().unwrap()]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
 }
 
 #[test]
@@ -188,6 +274,28 @@ fn policy_release_prints_a_bound_policy() {
         .map(|c| c["claim"].as_str().unwrap())
         .collect();
     assert!(claims.contains(&"x-ms-sevsnpvm-hostdata") && claims.contains(&"x-ms-sevsnpvm-vmpl"));
+    // The launched code is pinned too: host_data alone is the host's choice.
+    let status = policy["anyOf"][0]["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"] == "x-ms-compliance-status")
+        .expect("the generated policy requires x-ms-compliance-status");
+    assert_eq!(status["equals"], "azure-compliant-uvm");
+    let pinned = ok(&aasp(&[
+        "policy",
+        "release",
+        "--maa",
+        "m",
+        "--hostdata",
+        &hostdata,
+        "--launch-measurement",
+        &"CD".repeat(48),
+    ]));
+    assert!(
+        pinned.contains("x-ms-sevsnpvm-launchmeasurement") && pinned.contains(&"cd".repeat(48)),
+        "{pinned}"
+    );
     let bad = aasp(&["policy", "release", "--maa", "m", "--hostdata", "abc"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("64 hex digits"));

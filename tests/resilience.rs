@@ -44,6 +44,7 @@ async fn setup(faults: &str) -> Setup {
         .into_iter()
         .collect();
     config.thim_json = Some(sim.thim_json());
+    config.accepted_measurements = vec![sim.measurement()];
     config.faults = faults.parse().unwrap();
     let emulator = aasp::emulator::start(config).await.unwrap();
     let backend = BackendArgs::for_emulator(&emulator.url, &emulator.ca_path, dir.path(), None)

@@ -116,6 +116,50 @@ fn configured_guest_and_tcb_show_in_reports_and_the_vcek() {
     assert!(v.passed(), "{:?}", v.checks);
 }
 
+/// `--sim-debug` (and every other simulator flag) applies to its own run: a later run in the
+/// same state directory that does not ask for it gets the defaults, on the same chip.
+#[test]
+fn settings_do_not_persist_into_later_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Simulated::open(&SimOptions {
+        state_dir: dir.path().into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let base_report = report_of(&base, &[0; 64]);
+    let flagged = Simulated::open(&SimOptions {
+        state_dir: dir.path().into(),
+        measurement: Some([0xCD; 48]),
+        policy: Some(aasp::snp::sim::DEFAULT_POLICY | aasp::snp::report::POLICY_DEBUG_BIT),
+        security_policy: Some("package policy\n# once\n".into()),
+        reported_tcb: Some(0x7409_0000_0000_0004),
+        chip_id: None,
+    })
+    .unwrap();
+    assert!(report_of(&flagged, &[0; 64]).is_debuggable());
+    drop(flagged);
+
+    let later = Simulated::open(&SimOptions {
+        state_dir: dir.path().into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let report = report_of(&later, &[0; 64]);
+    assert!(!report.is_debuggable(), "--sim-debug stuck to a later run");
+    assert_eq!(report.policy, aasp::snp::sim::DEFAULT_POLICY);
+    assert_eq!(report.measurement, base_report.measurement);
+    assert_eq!(report.host_data, base_report.host_data);
+    assert_eq!(report.reported_tcb, aasp::snp::sim::DEFAULT_TCB);
+    assert_eq!(report.chip_id, base_report.chip_id, "the chip persists");
+    let v = verify_report(
+        &report,
+        later.chain(),
+        &TrustStore::amd_and(later.simulated_root()),
+        now(),
+    );
+    assert!(v.passed(), "{:?}", v.checks);
+}
+
 #[test]
 fn auto_never_falls_back_to_the_simulator() {
     let options = SimOptions {

@@ -248,12 +248,13 @@ impl KmsClient {
         })
     }
 
-    /// Creates an exportable HSM key bound to `policy` (`POST /keys/<name>/create`).
+    /// Creates an HSM key (`POST /keys/<name>/create`): exportable and bound to `policy` when
+    /// one is given, else non-exportable (Key Vault refuses a policy on a non-exportable key).
     pub async fn create(
         &self,
         key: &KeyUrl,
         spec: &KeySpec,
-        policy: &ReleasePolicy,
+        policy: Option<&ReleasePolicy>,
         access: &Secret,
     ) -> Result<KeyBundle> {
         let crypt_ops = json!(["encrypt", "decrypt", "wrapKey", "unwrapKey"]);
@@ -268,8 +269,12 @@ impl KmsClient {
                 json!({ "kty": "EC-HSM", "crv": curve, "key_ops": ["sign", "verify"] })
             }
         };
-        let mut body =
-            json!({ "attributes": { "exportable": true }, "release_policy": policy_body(policy)? });
+        let mut body = match policy {
+            Some(policy) => {
+                json!({ "attributes": { "exportable": true }, "release_policy": policy_body(policy)? })
+            }
+            None => json!({ "attributes": { "exportable": false } }),
+        };
         if let (Some(body), Value::Object(shape)) = (body.as_object_mut(), shape) {
             body.extend(shape);
         }

@@ -5,7 +5,7 @@ use crate::azure::identity::{resource_for_host, IdentityProvider, IdentitySource
 use crate::azure::jwk::Jwk;
 use crate::azure::jws::Anchors;
 use crate::azure::kms::{KeySpec, KeyUrl, KmsClient};
-use crate::azure::policy::ReleasePolicy;
+use crate::azure::policy::{ReleasePolicy, UvmRequirement};
 use crate::azure::Secret;
 use crate::emulator::faults::Faults;
 use crate::http::RetryPolicy;
@@ -29,7 +29,8 @@ pub struct EmulateArgs {
     /// (kind[=value][@rate], rate 0..1, default 1).
     #[arg(long, value_parser = clap::value_parser!(Faults), default_value = "")]
     faults: Faults,
-    /// Launch measurement (96 hex digits) MAA reports as compliant; repeatable. Default: all.
+    /// Launch measurement (96 hex digits) MAA reports as `azure-compliant-uvm`; repeatable.
+    /// Every other measurement gets `azure-non-compliant`. Default: the simulator's own.
     #[arg(long, value_name = "HEX", value_parser = super::parse_hex_array::<48>)]
     accept_measurement: Vec<[u8; 48]>,
     #[command(flatten)]
@@ -50,7 +51,7 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
     config.listen = args.listen;
     config.extra_roots = sim.simulated_root().into_iter().collect();
     config.thim_json = Some(sim.thim_json());
-    config.accepted_measurements = args.accept_measurement;
+    config.accepted_measurements = accepted_measurements(args.accept_measurement, &sim);
     config.faults = args.faults;
     let running = crate::emulator::start(config)
         .await
@@ -77,6 +78,16 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
     running.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The measurements the emulated MAA calls compliant: those given, else the simulator's own, so
+/// that the development stack works and any other guest image is refused.
+pub fn accepted_measurements(given: Vec<[u8; 48]>, sim: &Simulated) -> Vec<[u8; 48]> {
+    if given.is_empty() {
+        vec![sim.measurement()]
+    } else {
+        given
+    }
 }
 
 /// How `aasp key` reaches the KMS and authenticates.
@@ -134,11 +145,49 @@ impl KmsArgs {
     }
 }
 
+/// What a generated release policy requires of the guest's launched code besides host_data.
+#[derive(Debug, Args)]
+pub struct UvmArgs {
+    /// The `x-ms-compliance-status` MAA must give the UVM: azure-compliant-uvm (Container
+    /// Instances) or azure-signed-katacc-uvm (AKS Kata confidential containers).
+    #[arg(long, value_enum, value_name = "STATUS", default_value_t = ComplianceStatus::AzureCompliantUvm)]
+    compliance_status: ComplianceStatus,
+    /// Require this exact launch measurement (96 hex digits, `x-ms-sevsnpvm-launchmeasurement`)
+    /// instead of a compliance status, for a UVM that MAA does not know.
+    #[arg(long, value_name = "HEX", conflicts_with = "compliance_status")]
+    launch_measurement: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComplianceStatus {
+    AzureCompliantUvm,
+    AzureSignedKataccUvm,
+}
+
+impl UvmArgs {
+    fn requirement(&self) -> Result<UvmRequirement, String> {
+        if let Some(text) = &self.launch_measurement {
+            return match hex::decode(text) {
+                Ok(bytes) if bytes.len() == 48 => {
+                    Ok(UvmRequirement::LaunchMeasurement(text.to_ascii_lowercase()))
+                }
+                _ => Err(format!(
+                    "--launch-measurement must be 96 hex digits (a SHA-384), got {text:?}"
+                )),
+            };
+        }
+        Ok(match self.compliance_status {
+            ComplianceStatus::AzureCompliantUvm => UvmRequirement::CompliantUvm,
+            ComplianceStatus::AzureSignedKataccUvm => UvmRequirement::SignedKataccUvm,
+        })
+    }
+}
+
 /// The release policy a key is created with.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
     /// Release policy JSON file. Without it, one is generated from --maa and --hostdata.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["maa", "hostdata"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["maa", "hostdata", "launch_measurement"])]
     policy: Option<PathBuf>,
     /// MAA endpoint whose tokens may release the key (generated policy).
     #[arg(long, value_name = "HOST", requires = "hostdata")]
@@ -146,20 +195,39 @@ pub struct PolicyArgs {
     /// host_data (security policy digest, 64 hex digits) the workload must run under.
     #[arg(long, value_name = "HEX", requires = "maa")]
     hostdata: Option<String>,
+    #[command(flatten)]
+    uvm: UvmArgs,
 }
 
 impl PolicyArgs {
     fn policy(&self) -> Result<ReleasePolicy, String> {
         match (&self.policy, &self.maa, &self.hostdata) {
-            (Some(path), _, _) => ReleasePolicy::parse(&read_input(path)?),
-            (None, Some(maa), Some(hostdata)) => Ok(ReleasePolicy::for_hostdata(
+            (Some(path), _, _) => checked_policy_file(path),
+            (None, Some(maa), Some(hostdata)) => Ok(ReleasePolicy::for_workload(
                 maa,
                 &check_hostdata(hostdata)?,
+                &self.uvm.requirement()?,
                 &[],
             )),
             _ => Err("give --policy FILE, or --maa HOST and --hostdata HEX".into()),
         }
     }
+
+    fn given(&self) -> bool {
+        self.policy.is_some() || self.maa.is_some() || self.hostdata.is_some()
+    }
+}
+
+/// A release policy file, refused when it is malformed or has an empty group, with a warning on
+/// standard error for each rule that would release to any UVM.
+fn checked_policy_file(path: &std::path::Path) -> Result<ReleasePolicy, String> {
+    let policy = ReleasePolicy::parse(&read_input(path)?)
+        .and_then(|p| p.validate().map(|()| p))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    for warning in policy.any_uvm_warnings() {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
+    Ok(policy)
 }
 
 fn check_hostdata(hex_text: &str) -> Result<String, String> {
@@ -173,12 +241,16 @@ fn check_hostdata(hex_text: &str) -> Result<String, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Create an exportable HSM key bound to a release policy.
+    /// Create an exportable HSM key bound to a release policy (or, with --non-exportable, a key
+    /// that never leaves the HSM).
     Create {
         #[command(flatten)]
         kms: KmsArgs,
         #[command(flatten)]
         policy: PolicyArgs,
+        /// Create the key non-exportable, without a release policy: it can never be released.
+        #[arg(long)]
+        non_exportable: bool,
         /// Key type.
         #[arg(long, value_enum, default_value_t = KeyType::Rsa)]
         kty: KeyType,
@@ -243,6 +315,7 @@ pub async fn key(command: KeyCommand) -> Result<ExitCode, String> {
         KeyCommand::Create {
             kms,
             policy,
+            non_exportable,
             kty,
             size,
             curve,
@@ -256,9 +329,19 @@ pub async fn key(command: KeyCommand) -> Result<ExitCode, String> {
                 },
                 KeyType::Ec => KeySpec::Ec { curve },
             };
-            let policy = policy.policy()?;
+            let policy = match (non_exportable, policy.given()) {
+                (true, true) => {
+                    return Err(
+                        "--non-exportable keys have no release policy: drop --policy, --maa and --hostdata".into(),
+                    )
+                }
+                (true, false) => None,
+                (false, _) => Some(policy.policy()?),
+            };
             let (client, access) = kms.connect().await?;
-            client.create(&kms.key(), &spec, &policy, &access).await
+            client
+                .create(&kms.key(), &spec, policy.as_ref(), &access)
+                .await
         }
         KeyCommand::Import { kms, policy, jwk } => {
             let material: Jwk = serde_json::from_slice(&zeroize::Zeroizing::new(read_input(&jwk)?))
@@ -299,6 +382,14 @@ pub enum PolicyCommand {
         /// Extra claim the token must carry, as claim=value; repeatable.
         #[arg(long, value_name = "CLAIM=VALUE", value_parser = parse_claim)]
         claim: Vec<(String, String)>,
+        #[command(flatten)]
+        uvm: UvmArgs,
+    },
+    /// Check a release policy file: refuse it when malformed or when a group is empty, and warn
+    /// (standard error) about every rule that would release to any UVM.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
     },
 }
 
@@ -329,12 +420,30 @@ pub fn policy(command: PolicyCommand) -> Result<ExitCode, String> {
             let text = security_policy_text(&read_input(&security_policy)?);
             println!("{}", hex::encode(Sha256::digest(&text)));
         }
+        PolicyCommand::Check { policy } => {
+            let policy = checked_policy_file(&policy)?;
+            if policy.any_uvm_warnings().is_empty() {
+                println!("ok: every rule requires a compliant UVM or a launch measurement");
+            } else {
+                println!("valid, but releases to any UVM (see the warnings)");
+            }
+        }
         PolicyCommand::Release {
             maa,
             hostdata,
             claim,
+            uvm,
         } => {
-            let policy = ReleasePolicy::for_hostdata(&maa, &check_hostdata(&hostdata)?, &claim);
+            let policy = ReleasePolicy::for_workload(
+                &maa,
+                &check_hostdata(&hostdata)?,
+                &uvm.requirement()?,
+                &claim,
+            );
+            // Extra claims cannot loosen the generated rule, but say so if one ever does.
+            for warning in policy.any_uvm_warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(&policy).map_err(|e| e.to_string())?

@@ -30,9 +30,19 @@ pub struct DevArgs {
     /// gRPC listeners (host:port or unix:///path); repeatable.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50000")]
     pub listen: Vec<Listen>,
-    /// Where the Azure emulator listens (port 0 picks a free port).
+    /// Where the Azure emulator listens (port 0 picks a free port). Loopback only, unless
+    /// --emulator-allow-remote.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub emulator_listen: SocketAddr,
+    /// Allow a non-loopback --emulator-listen: the emulator hands out keys to anyone who can
+    /// reach it.
+    #[arg(long)]
+    pub emulator_allow_remote: bool,
+    /// Launch measurement (96 hex digits) the emulated MAA reports as `azure-compliant-uvm`;
+    /// repeatable. Every other measurement gets `azure-non-compliant`, and the demo keys'
+    /// policies refuse it. Default: the simulator's own.
+    #[arg(long, value_name = "HEX", value_parser = super::parse_hex_array::<48>)]
+    pub accept_measurement: Vec<[u8; 48]>,
     /// State directory: simulator identity, emulator CA, keys, client configuration
     /// [default: ~/.local/state/aasp].
     #[arg(long, env = crate::env::AASP_STATE_DIR)]
@@ -52,13 +62,43 @@ pub struct DevStack {
     pub ocicrypt_config: PathBuf,
 }
 
+/// How `aasp dev` runs its emulator.
+#[derive(Debug, Clone, Default)]
+pub struct EmulatorOptions {
+    /// Serve the emulator on a non-loopback address.
+    pub allow_remote: bool,
+    /// Measurements MAA calls compliant; empty: the simulator's own.
+    pub accept_measurements: Vec<[u8; 48]>,
+}
+
 /// Starts the emulator, imports the demo keys, writes client configuration and serves.
 pub async fn start(
     listen: &[Listen],
     emulator_listen: SocketAddr,
     state_dir: &Path,
 ) -> Result<DevStack, String> {
+    start_with(
+        listen,
+        emulator_listen,
+        state_dir,
+        &EmulatorOptions::default(),
+    )
+    .await
+}
+
+/// [`start`] with explicit emulator options.
+pub async fn start_with(
+    listen: &[Listen],
+    emulator_listen: SocketAddr,
+    state_dir: &Path,
+    options: &EmulatorOptions,
+) -> Result<DevStack, String> {
     serve::check_listeners(listen, false)?;
+    if !emulator_listen.ip().is_loopback() && !options.allow_remote {
+        return Err(format!(
+            "--emulator-listen {emulator_listen} is not a loopback address; add --emulator-allow-remote to serve it"
+        ));
+    }
     let sim_args = SimArgs {
         state_dir: Some(state_dir.to_path_buf()),
         sim_security_policy: None,
@@ -71,6 +111,8 @@ pub async fn start(
     config.listen = emulator_listen;
     config.extra_roots = sim.simulated_root().into_iter().collect();
     config.thim_json = Some(sim.thim_json());
+    config.accepted_measurements =
+        super::azure::accepted_measurements(options.accept_measurements.clone(), &sim);
     let emulator = crate::emulator::start(config)
         .await
         .map_err(|e| e.to_string())?;
@@ -172,7 +214,13 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
         .state_dir
         .clone()
         .unwrap_or_else(super::default_state_dir);
-    let mut stack = start(&args.listen, args.emulator_listen, &state_dir).await?;
+    let options = EmulatorOptions {
+        allow_remote: args.emulator_allow_remote,
+        accept_measurements: args.accept_measurement.clone(),
+    };
+    let mut stack = start_with(&args.listen, args.emulator_listen, &state_dir, &options).await?;
+    // The guide lists the gRPC listeners only: the metrics listener joins the same server below.
+    let grpc_listeners = stack.server.listeners.clone();
     if let Some(addr) = args.metrics_listen {
         let metrics = Listen::Tcp(addr);
         serve::check_listeners(std::slice::from_ref(&metrics), false)?;
@@ -182,7 +230,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
         say!("metrics: http://{}/metrics", bound.local());
         stack.server.add(bound, crate::metrics::router());
     }
-    print_guide(&stack);
+    print_guide(&stack, &grpc_listeners);
     serve::wait_for_signal().await;
     say!("stopping");
     stack.server.shutdown(Duration::from_secs(5)).await;
@@ -190,16 +238,14 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_guide(stack: &DevStack) {
+fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let grpc = stack
-        .server
-        .listeners
+    let grpc = grpc_listeners
         .first()
         .map(ToString::to_string)
         .unwrap_or_default();
-    for l in &stack.server.listeners {
+    for l in grpc_listeners {
         say!("aasp serving gRPC on {l}");
     }
     say!(

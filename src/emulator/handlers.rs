@@ -6,7 +6,7 @@ use super::{State, StoredKey, ACCESS_TOKEN_LIFETIME};
 use crate::azure::ckm::{wrap_to, WrapAlgorithm};
 use crate::azure::jwk::{Jwk, KeyFamily};
 use crate::azure::jws::{sign_rs256, Compact};
-use crate::azure::policy::ReleasePolicy;
+use crate::azure::policy::{ReleasePolicy, COMPLIANT_UVM, NON_COMPLIANT};
 use crate::snp::evidence::{decode_b64, Evidence};
 use crate::snp::report::{report_data_for_runtime, AttestationReport};
 use crate::snp::verify::{verify_report, Chain};
@@ -259,8 +259,8 @@ fn host_of(headers: &HeaderMap) -> String {
 
 fn maa_claims(state: &State, r: &AttestationReport, issuer: &str, runtime: Value) -> Value {
     let tcb = r.tcb(r.reported_tcb);
-    let compliant = state.accepted_measurements.is_empty()
-        || state.accepted_measurements.contains(&r.measurement);
+    // Real MAA vouches only for UVM images it knows; the emulator knows the configured ones.
+    let compliant = state.accepted_measurements.contains(&r.measurement);
     let iat = now();
     json!({
         "iss": issuer,
@@ -270,7 +270,7 @@ fn maa_claims(state: &State, r: &AttestationReport, issuer: &str, runtime: Value
         "jti": random_hex(16),
         "x-ms-ver": "1.0",
         "x-ms-attestation-type": "sevsnpvm",
-        "x-ms-compliance-status": if compliant { "azure-compliant-uvm" } else { "azure-non-compliant" },
+        "x-ms-compliance-status": if compliant { COMPLIANT_UVM } else { NON_COMPLIANT },
         "x-ms-policy-hash": "",
         "x-ms-runtime": runtime,
         "x-ms-sevsnpvm-hostdata": hex::encode(r.host_data),
@@ -320,30 +320,45 @@ fn key_url(headers: &HeaderMap, name: &str, version: &str) -> String {
 fn bundle(headers: &HeaderMap, name: &str, key: &StoredKey) -> Value {
     let mut public = key.jwk.public();
     public.kid = Some(key_url(headers, name, &key.version));
-    json!({
+    let mut bundle = json!({
         "key": public,
-        "attributes": { "enabled": true, "exportable": true, "recoveryLevel": "Recoverable" },
-        "release_policy": { "contentType": "application/json; charset=utf-8", "data": key.policy_b64 },
-    })
+        "attributes": { "enabled": true, "exportable": key.exportable, "recoveryLevel": "Recoverable" },
+    });
+    if let (Some(data), Some(object)) = (&key.policy_b64, bundle.as_object_mut()) {
+        object.insert(
+            "release_policy".into(),
+            json!({ "contentType": "application/json; charset=utf-8", "data": data }),
+        );
+    }
+    bundle
 }
 
-fn parse_policy(body: &Value) -> Result<(ReleasePolicy, String), Failure> {
-    let data = body
-        .pointer("/release_policy/data")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad_request("an exportable key needs release_policy.data"))?;
-    let raw = decode_b64("release_policy.data", data).map_err(|e| bad_request(e.to_string()))?;
-    let policy = ReleasePolicy::parse(&raw).map_err(bad_request)?;
-    if body
+/// The key's exportability and release policy, under Key Vault's rules: an exportable key must
+/// have a release policy and a non-exportable one must not; a policy must parse and must not
+/// hold an empty `allOf`/`anyOf`.
+#[allow(clippy::type_complexity)]
+fn parse_policy(body: &Value) -> Result<(bool, Option<(ReleasePolicy, String)>), Failure> {
+    let exportable = body
         .pointer("/attributes/exportable")
         .and_then(Value::as_bool)
-        != Some(true)
-    {
-        return Err(bad_request(
-            "a key with a release policy must be exportable",
-        ));
-    }
-    Ok((policy, URL_SAFE_NO_PAD.encode(raw)))
+        .unwrap_or(false);
+    let data = body.pointer("/release_policy/data").and_then(Value::as_str);
+    let data = match (exportable, data) {
+        (false, None) => return Ok((false, None)),
+        (false, Some(_)) => {
+            return Err(bad_request(
+                "AKV.SKR.1005: Non-exportable keys must not have release policy",
+            ))
+        }
+        (true, None) => return Err(bad_request("Exportable keys must have release policy")),
+        (true, Some(data)) => data,
+    };
+    let raw = decode_b64("release_policy.data", data).map_err(|e| bad_request(e.to_string()))?;
+    let policy = ReleasePolicy::parse(&raw).map_err(bad_request)?;
+    policy
+        .validate()
+        .map_err(|e| bad_request(format!("Key Release Policy: {e}")))?;
+    Ok((true, Some((policy, URL_SAFE_NO_PAD.encode(raw)))))
 }
 
 fn store(
@@ -353,10 +368,12 @@ fn store(
     jwk: Jwk,
     body: &Value,
 ) -> Result<Json<Value>, Failure> {
-    let (policy, policy_b64) = parse_policy(body)?;
+    let (exportable, policy) = parse_policy(body)?;
+    let (policy, policy_b64) = policy.unzip();
     let key = StoredKey {
         jwk,
         version: random_hex(16),
+        exportable,
         policy,
         policy_b64,
     };
@@ -578,7 +595,16 @@ fn release(
 
     let keys = stored_keys(state)?;
     let key = find_key(&keys, name, version)?;
-    key.policy.evaluate(issuer, &claims).map_err(|reason| {
+    // Only exportable keys leave the HSM; the policy was validated when the key was stored.
+    let policy = match (&key.policy, key.exportable) {
+        (Some(policy), true) => policy,
+        _ => {
+            return Err(forbidden(format!(
+                "the key {name} is not exportable: only a key created with attributes.exportable = true and a release policy can be released"
+            )))
+        }
+    };
+    policy.evaluate(issuer, &claims).map_err(|reason| {
         forbidden(format!(
             "Target environment attestation statement cannot be verified: {reason}"
         ))
@@ -605,7 +631,7 @@ fn release(
         "request": { "api-version": crate::azure::kms::API_VERSION, "enc": enc.name(), "kid": kid },
         "response": { "key": {
             "key": released,
-            "attributes": { "enabled": true, "exportable": true },
+            "attributes": { "enabled": true, "exportable": key.exportable },
             "release_policy": { "contentType": "application/json; charset=utf-8", "data": key.policy_b64 },
         }},
     });

@@ -42,7 +42,9 @@ pub struct Config {
     pub extra_roots: Vec<Cert>,
     /// The THIM document to serve (the simulated host's), if any.
     pub thim_json: Option<String>,
-    /// Launch measurements MAA reports as compliant; empty accepts all.
+    /// Launch measurements MAA reports as `azure-compliant-uvm`; every other measurement gets
+    /// `azure-non-compliant` (empty: none is compliant), as real MAA judges only the UVM images
+    /// it knows.
     pub accepted_measurements: Vec<[u8; 48]>,
     /// Lifetime of issued MAA tokens in seconds; negative issues already-expired tokens.
     pub maa_token_lifetime: i64,
@@ -89,8 +91,11 @@ impl Counters {
 struct StoredKey {
     jwk: crate::azure::jwk::Jwk,
     version: String,
-    policy: crate::azure::policy::ReleasePolicy,
-    policy_b64: String,
+    /// `attributes.exportable`: only exportable keys can be released, and only they carry a
+    /// release policy (`policy` and `policy_b64` are `Some` exactly when this is true).
+    exportable: bool,
+    policy: Option<crate::azure::policy::ReleasePolicy>,
+    policy_b64: Option<String>,
 }
 
 pub(crate) struct State {

@@ -64,7 +64,10 @@ const PRODUCT: &str = "Milan";
 const TWENTY_YEARS: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 const SEVEN_YEARS: Duration = Duration::from_secs(7 * 365 * 24 * 3600);
 
-/// How to open the simulator; `None` fields keep what the state directory holds.
+/// How to open the simulator. The chip (its id, keys and certificates) persists in the state
+/// directory; the guest and platform settings below apply to this run only, and `None` means
+/// the default: a flag given once (say, the debug bit) must not silently stay set for later runs
+/// that did not ask for it.
 #[derive(Debug, Clone, Default)]
 pub struct SimOptions {
     pub state_dir: PathBuf,
@@ -98,15 +101,20 @@ impl Device {
         SystemRandom::new()
             .fill(&mut chip_id)
             .map_err(|_| rng_error())?;
-        Ok(Device {
-            report_version: 3,
+        Ok(Device::launch(3, chip_id))
+    }
+
+    /// A guest launched with the default settings on the chip `chip_id`.
+    fn launch(report_version: u32, chip_id: [u8; 64]) -> Self {
+        Device {
+            report_version,
             chip_id,
             reported_tcb: DEFAULT_TCB,
             measurement: Sha384::digest(b"aasp simulated guest firmware").into(),
             policy: DEFAULT_POLICY,
             security_policy: DEFAULT_SECURITY_POLICY.into(),
             guest_svn: 1,
-        })
+        }
     }
 
     fn host_data(&self) -> [u8; 32] {
@@ -133,9 +141,14 @@ impl Simulated {
         std::fs::create_dir_all(&dir).map_err(|e| io(format!("cannot create: {e}")))?;
         restrict_dir(&dir);
 
+        // Only the chip's identity is taken from the state directory; device.json records the
+        // last run's settings for people to read, never as defaults for the next run.
         let mut device = match std::fs::read(dir.join("device.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| io(format!("device.json is not valid: {e}")))?,
+            Ok(bytes) => {
+                let stored: Device = serde_json::from_slice(&bytes)
+                    .map_err(|e| io(format!("device.json is not valid: {e}")))?;
+                Device::launch(stored.report_version, stored.chip_id)
+            }
             Err(_) => Device::new_chip()?,
         };
         options.measurement.inspect(|m| device.measurement = *m);
@@ -174,6 +187,11 @@ impl Simulated {
 
     pub fn host_data(&self) -> [u8; 32] {
         self.device.host_data()
+    }
+
+    /// The simulated guest's launch measurement.
+    pub fn measurement(&self) -> [u8; 48] {
+        self.device.measurement
     }
 
     /// The THIM document (`host-amd-cert`) for this device.

@@ -1,0 +1,137 @@
+//! `aasp dev` as a trust boundary: which guests its emulated MAA vouches for, where its emulator
+//! may listen, and what it tells the user about its listeners.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use aasp::azure::kms::KeyUrl;
+use aasp::cli::dev::{start_with, EmulatorOptions, DEMO_OCT_KEY};
+use aasp::service::Listen;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn loopback() -> Vec<Listen> {
+    vec![Listen::Tcp("127.0.0.1:0".parse().unwrap())]
+}
+
+/// By default the demo keys release to the simulator's own guest; with another accepted
+/// measurement the emulated MAA calls the simulator's guest `azure-non-compliant` and the demo
+/// key's policy refuses it.
+#[tokio::test]
+async fn demo_keys_release_only_to_accepted_measurements() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_with(
+        &loopback(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path(),
+        &EmulatorOptions::default(),
+    )
+    .await
+    .unwrap();
+    let key = KeyUrl::new(&stack.emulator.url, DEMO_OCT_KEY);
+    stack
+        .backend
+        .provisioner
+        .release(&key, &stack.emulator.host())
+        .await
+        .unwrap();
+    stack
+        .server
+        .shutdown(std::time::Duration::from_secs(1))
+        .await;
+    stack.emulator.shutdown();
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmulatorOptions {
+        accept_measurements: vec![[0x77; 48]],
+        ..Default::default()
+    };
+    let stack = start_with(
+        &loopback(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path(),
+        &options,
+    )
+    .await
+    .unwrap();
+    let key = KeyUrl::new(&stack.emulator.url, DEMO_OCT_KEY);
+    let err = stack
+        .backend
+        .provisioner
+        .release(&key, &stack.emulator.host())
+        .await
+        .expect_err("a guest MAA does not vouch for must get no key")
+        .to_string();
+    assert!(
+        err.contains("403") && err.contains("azure-non-compliant"),
+        "{err}"
+    );
+    assert_eq!(stack.emulator.counters.release(), 0);
+    stack
+        .server
+        .shutdown(std::time::Duration::from_secs(1))
+        .await;
+    stack.emulator.shutdown();
+}
+
+#[tokio::test]
+async fn the_emulator_listens_on_loopback_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = start_with(
+        &loopback(),
+        "0.0.0.0:0".parse().unwrap(),
+        dir.path(),
+        &EmulatorOptions::default(),
+    )
+    .await
+    .err()
+    .expect("a non-loopback emulator address must be refused");
+    assert!(err.contains("--emulator-allow-remote"), "{err}");
+}
+
+/// The guide lists the gRPC listeners; the metrics listener is printed as metrics only.
+#[test]
+fn dev_prints_the_metrics_listener_as_metrics_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aasp"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env_remove("AZURE_CLIENT_ID")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut grpc = Vec::new();
+    let mut metrics = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(addr) = line.strip_prefix("aasp serving gRPC on ") {
+            grpc.push(addr.trim().to_owned());
+        }
+        if let Some(url) = line.strip_prefix("metrics: http://") {
+            metrics = url.strip_suffix("/metrics").map(str::to_owned);
+        }
+        if line.starts_with("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let metrics = metrics.expect("the metrics listener is announced");
+    assert_eq!(grpc.len(), 1, "{grpc:?}");
+    assert!(
+        !grpc.contains(&metrics),
+        "metrics {metrics} listed as gRPC: {grpc:?}"
+    );
+}
