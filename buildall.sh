@@ -2,7 +2,8 @@
 # One entry point for building and testing aasp on a fresh machine.
 #   ./buildall.sh build   release binary at target/release/aasp
 #   ./buildall.sh test    formatting, clippy (-D warnings) and every test
-#   ./buildall.sh image   container image (needs docker, podman or buildah)
+#   ./buildall.sh image   container image aasp:latest: offline FROM scratch with buildah from the
+#                         release binary, or deploy/Dockerfile with docker/podman (IMAGE_ENGINE=docker|podman)
 #   ./buildall.sh bench   load figures (release build, loadgen against aasp dev)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,6 +38,8 @@ run_tests() {
   need_python
   echo "interop: Python grpcio client against aasp dev"
   tests/interop/run.sh
+  echo "deploy: manifests against the Kubernetes schemas; image built offline and run"
+  tests/deploy/run.sh
   run_examples
 }
 
@@ -61,23 +64,20 @@ run_examples() {
 }
 
 image() {
-  local engine=""
-  for candidate in docker podman buildah; do
+  local engine=${IMAGE_ENGINE:-}
+  if [ -z "$engine" ] && command -v buildah >/dev/null; then
+    build
+    deploy/image.sh build target/release/aasp localhost/aasp:latest
+    return
+  fi
+  for candidate in $engine docker podman; do
     if command -v "$candidate" >/dev/null && "$candidate" info >/dev/null 2>&1; then engine=$candidate; break; fi
   done
   if [ -z "$engine" ]; then
-    echo "buildall image: no working container engine (docker, podman or buildah with a running daemon) on this machine" >&2
+    echo "buildall image: no buildah, and no working docker or podman (apt-get install buildah builds offline)" >&2
     exit 1
   fi
-  if [ ! -f deploy/Dockerfile ]; then
-    echo "buildall image: deploy/Dockerfile does not exist yet" >&2
-    exit 1
-  fi
-  if [ "$engine" = buildah ]; then
-    buildah bud -f deploy/Dockerfile -t aasp:latest .
-  else
-    "$engine" build -f deploy/Dockerfile -t aasp:latest .
-  fi
+  "$engine" build -f deploy/Dockerfile -t aasp:latest .
 }
 
 # Figures for BENCHMARKS.md, all against release builds on loopback. Seconds per load run:

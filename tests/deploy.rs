@@ -87,7 +87,7 @@ fn check_env(help: &Help, env: &[Value], what: &str) {
 }
 
 fn check_pod_spec(help: &Help, spec: &Value, what: &str) {
-    assert_eq!(spec["runtimeClassName"], "kata-cc", "{what}");
+    assert_eq!(spec["runtimeClassName"], "kata-cc-isolation", "{what}");
     assert_eq!(spec["serviceAccountName"], "aasp", "{what}");
     let aasp = spec["containers"]
         .as_array()
@@ -129,22 +129,30 @@ fn check_pod_spec(help: &Help, spec: &Value, what: &str) {
         aasp["resources"]["limits"]["memory"].is_string(),
         "{what}: memory limit"
     );
-    let mounts: Vec<&str> = aasp["volumeMounts"]
+    // The chain source matches the platform: the UVM's local THIM through SkrSideCarArgs, as
+    // Azure's AKS samples configure the SKR sidecar.
+    let sidecar = aasp["env"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
-    let context_dir = aasp["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "UVM_SECURITY_CONTEXT_DIR")
+        .find(|e| e["name"] == "SkrSideCarArgs")
+        .expect("SkrSideCarArgs");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(sidecar["value"].as_str().unwrap())
         .unwrap();
-    assert!(
-        mounts.contains(&context_dir["value"].as_str().unwrap()),
-        "{what}: the security context is mounted where aasp looks"
+    let args: Value = serde_json::from_slice(&decoded).unwrap();
+    assert_eq!(args["certcache"]["endpoint_type"], "LocalTHIM", "{what}");
+    assert_eq!(
+        args["certcache"]["endpoint"], "169.254.169.254/metadata/THIM/amd/certification",
+        "{what}"
     );
+    // Root for the root-only guest device, and nothing more.
+    let security = &aasp["securityContext"];
+    assert_eq!(security["runAsUser"], 0, "{what}");
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{what}");
+    assert_eq!(security["capabilities"]["drop"][0], "ALL", "{what}");
+    assert!(security["privileged"].is_null(), "{what}: never privileged");
 }
 
 #[test]
@@ -168,17 +176,6 @@ fn kubernetes_pod_and_deployment() {
     );
     let sa = yaml("deploy/kubernetes/serviceaccount.yaml");
     assert!(sa["metadata"]["annotations"]["azure.workload.identity/client-id"].is_string());
-}
-
-#[test]
-fn ocicrypt_configmap_points_at_the_default_listener() {
-    let cm = yaml("deploy/kubernetes/ocicrypt-configmap.yaml");
-    let conf: Value =
-        serde_json::from_str(cm["data"]["ocicrypt_keyprovider.conf"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        conf["key-providers"]["attestation-agent"]["grpc"],
-        "127.0.0.1:50000"
-    );
 }
 
 #[test]
@@ -211,15 +208,70 @@ fn aci_template() {
 }
 
 #[test]
-fn dockerfile() {
-    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
-    assert!(text.contains(r#"ENTRYPOINT ["aasp", "serve"]"#));
-    assert!(text.contains("EXPOSE 50000"));
-    assert!(text.contains(r#"CMD ["aasp", "health", "--target", "127.0.0.1:50000"]"#));
-    assert!(text.contains("USER nonroot"));
+fn dockerfile_and_offline_image_share_one_layout() {
+    let docker = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let offline = std::fs::read_to_string(root().join("deploy/image.sh")).unwrap();
+    assert!(docker.contains(r#"ENTRYPOINT ["aasp", "serve"]"#));
+    assert!(offline.contains(r#"--entrypoint '["aasp", "serve"]'"#));
+    let health = r#"CMD ["aasp", "health", "--target", "127.0.0.1:50000"]"#;
+    assert!(docker.contains(health) && offline.contains(health));
+    assert!(docker.contains("EXPOSE 50000") && offline.contains("--port 50000"));
+    assert!(docker.contains("USER 65532:65532") && offline.contains("--user 65532:65532"));
+    // The binary and the attestation-agent name for it, at the same paths.
+    assert!(docker.contains("/usr/local/bin/") && offline.contains("$root/usr/local/bin/aasp"));
+    assert!(docker.contains("ln -s aasp /out/attestation-agent"));
+    assert!(offline.contains(r#"ln -sf aasp "$root/usr/local/bin/attestation-agent""#));
+    // Cargo.toml declares the bench and examples: the build context must carry them.
+    for dir in ["benches", "examples", "src", "proto"] {
+        assert!(docker.contains(&format!("COPY {dir} ./{dir}")), "{dir}");
+    }
     let health = Command::new(env!("CARGO_BIN_EXE_aasp"))
         .args(["health", "--help"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&health.stdout).contains("--target"));
+}
+
+/// Without an SNP device, `aasp serve` keeps running and answers health NOT_SERVING (a pod
+/// without the device is not ready, instead of crash-looping), and its log says why.
+#[test]
+fn serve_without_a_device_stays_up_not_serving() {
+    if std::path::Path::new("/dev/sev-guest").exists() || std::path::Path::new("/dev/sev").exists()
+    {
+        return; // an SNP guest: the no-device path cannot be shown here
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_aasp"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("AASP_STATE_DIR", state.path())
+        .env_remove("SkrSideCarArgs")
+        .env_remove("AASP_ATTESTER")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answer = String::new();
+    for _ in 0..100 {
+        let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
+            .args(["health", "--target", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap();
+        answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !answer.is_empty() || server.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let exited = server.try_wait().unwrap();
+    let _ = server.kill();
+    let output = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(exited, None, "serve exited without a device: {log}");
+    assert_eq!(answer, "NOT_SERVING", "{log}");
+    assert!(log.contains("no SNP guest device"), "{log}");
 }

@@ -110,6 +110,22 @@ impl AttesterArgs {
     pub fn open(&self) -> Result<Arc<dyn Attester>, String> {
         attester::open(self.attester, &self.sim.sim_options()?).map_err(|e| e.to_string())
     }
+
+    /// For servers: a missing guest device is logged once and awaited (health stays
+    /// NOT_SERVING) instead of ending the process, so a pod without the device does not
+    /// crash-loop and says why it is not ready.
+    pub fn open_or_await(&self) -> Result<Arc<dyn Attester>, String> {
+        let (attester, missing) = attester::open_or_await(self.attester, &self.sim.sim_options()?)
+            .map_err(|e| e.to_string())?;
+        if missing {
+            tracing::warn!(
+                "no SNP guest device (/dev/sev-guest, /dev/sev): serving with health NOT_SERVING; \
+                 calls that need a report fail with FAILED_PRECONDITION until the device appears \
+                 (mount it into the container, or use --attester sim for development)"
+            );
+        }
+        Ok(attester)
+    }
 }
 
 /// The state directory and the simulated device's settings.

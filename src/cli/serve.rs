@@ -116,7 +116,7 @@ impl BackendArgs {
     /// Builds the backend; the transfer key starts generating in the background.
     pub fn build(&self) -> Result<Arc<Backend>, String> {
         let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
-        let attester = self.attester.open()?;
+        let attester = self.attester.open_or_await()?;
         let client = self.tls.client()?;
         let chains =
             self.chain

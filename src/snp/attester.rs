@@ -57,6 +57,46 @@ pub fn open(kind: AttesterKind, sim: &SimOptions) -> Result<Arc<dyn Attester>> {
     }
 }
 
+/// Like [`open`], but a missing guest device is not fatal: the returned attester looks for the
+/// device again on every request (a device plugin may add it after start-up) and fails with
+/// [`Error::NoDevice`] until it appears, so a server keeps running with health NOT_SERVING
+/// instead of crash-looping. The second value says the device was missing at start-up. The
+/// simulator is never a fallback.
+pub fn open_or_await(kind: AttesterKind, sim: &SimOptions) -> Result<(Arc<dyn Attester>, bool)> {
+    match open(kind, sim) {
+        Err(Error::NoDevice { .. }) if kind != AttesterKind::Sim => Ok((
+            Arc::new(Awaited {
+                kind,
+                device: std::sync::OnceLock::new(),
+            }),
+            true,
+        )),
+        other => other.map(|a| (a, false)),
+    }
+}
+
+/// A guest device that was not there at start-up (see [`open_or_await`]).
+struct Awaited {
+    kind: AttesterKind,
+    device: std::sync::OnceLock<Arc<dyn Attester>>,
+}
+
+impl Attester for Awaited {
+    fn name(&self) -> &'static str {
+        self.device.get().map_or("none", |d| d.name())
+    }
+
+    fn report(&self, report_data: &[u8; 64]) -> Result<Vec<u8>> {
+        if let Some(device) = self.device.get() {
+            return device.report(report_data);
+        }
+        // Only the device kinds reach here, so the simulator options are never read.
+        let device = open(self.kind, &SimOptions::default())?;
+        let device = self.device.get_or_init(|| device);
+        device.report(report_data)
+    }
+}
+
 fn wrap(attester: impl Attester + 'static) -> Arc<dyn Attester> {
     Arc::new(attester)
 }
