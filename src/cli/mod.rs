@@ -12,6 +12,7 @@ macro_rules! say {
 mod azure;
 mod config;
 pub mod dev;
+mod kbs;
 mod report;
 pub mod serve;
 mod verify;
@@ -82,6 +83,11 @@ enum Command {
     Dev(dev::DevArgs),
     /// Protect a secret for an HSM key, offline: writes base64(annotation JSON).
     Wrap(wrap::WrapArgs),
+    /// Trustee KBS tools: TEE keys and JWE resources.
+    Kbs {
+        #[command(subcommand)]
+        command: kbs::KbsCommand,
+    },
     /// Ask a running aasp for its gRPC health; exits 0 only when it is SERVING (for container
     /// health checks and Kubernetes exec probes, which reach the loopback listener).
     Health {
@@ -379,6 +385,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Wrap(args) => wrap::run(args).await,
+            Command::Kbs { command } => kbs::run(command).await,
             Command::Health { target } => health(&target).await,
         }
     });

@@ -236,8 +236,18 @@ impl TeeKeyPair {
         let jwe: Flattened = serde_json::from_slice(jwe)
             .map_err(|e| Error::Jwe(format!("not a flattened JWE: {e}")))?;
         let header_bytes = b64("protected", &jwe.protected)?;
-        let header: Value = serde_json::from_slice(&header_bytes)
+        let mut header: Value = serde_json::from_slice(&header_bytes)
             .map_err(|e| Error::Jwe(format!("protected header: {e}")))?;
+        // RFC 7516 §7.2.1: the JOSE header is the union of the protected, shared unprotected and
+        // per-recipient headers. Trustee puts everything in `protected`; jwcrypto puts `epk` in
+        // the recipient's `header`. Protected members win: an unprotected one never replaces them.
+        if let Value::Object(members) = &mut header {
+            for extra in [&jwe.unprotected, &jwe.header].into_iter().flatten() {
+                for (name, value) in extra {
+                    members.entry(name.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
         let text = |name: &str| header.get(name).and_then(Value::as_str).unwrap_or_default();
         if text("enc") != A256GCM {
             return Err(Error::Jwe(format!(
@@ -322,6 +332,10 @@ impl TeeKeyPair {
 #[derive(Debug, Serialize, Deserialize)]
 struct Flattened {
     protected: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unprotected: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<Map<String, Value>>,
     encrypted_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aad: Option<String>,
@@ -404,6 +418,8 @@ pub fn encrypt(tee_pubkey: &TeePubKey, plaintext: &[u8]) -> Result<Value> {
         .map_err(|_| Error::Key("AES-GCM failed".into()))?;
     serde_json::to_value(Flattened {
         protected,
+        unprotected: None,
+        header: None,
         encrypted_key: URL_SAFE_NO_PAD.encode(encrypted_key),
         aad: None,
         iv: URL_SAFE_NO_PAD.encode(iv),

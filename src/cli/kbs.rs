@@ -1,0 +1,80 @@
+//! `aasp kbs`: the Trustee KBS backend from the command line — JWE tools for scripts and
+//! interop tests (make a TEE key, encrypt to a public key, decrypt with a private key).
+
+use super::read_input;
+use crate::kbs::jwe::{encrypt, KeyAlgorithm, TeeKeyPair, TeePubKey};
+use clap::Subcommand;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum KbsCommand {
+    /// Make a TEE key pair: writes the private key PEM (as GetToken("kbs") returns it in
+    /// `tee_keypair`) to --out and prints the public JWK (the `tee-pubkey` of an attestation).
+    Keygen {
+        /// ECDH-ES+A256KW (P-256) or RSA-OAEP-256.
+        #[arg(long, default_value = "ECDH-ES+A256KW")]
+        alg: KeyAlgorithm,
+        #[arg(long = "out", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Encrypt standard input to a TEE public key (JWK file), as a KBS does: prints the
+    /// flattened JSON JWE (A256GCM).
+    Encrypt {
+        #[arg(long, value_name = "FILE")]
+        jwk: PathBuf,
+    },
+    /// Decrypt a KBS resource (flattened JSON JWE on standard input) with a TEE private key
+    /// (PEM: PKCS#8, SEC1 or PKCS#1); writes the plaintext to standard output.
+    Decrypt {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+pub async fn run(command: KbsCommand) -> Result<ExitCode, String> {
+    match command {
+        KbsCommand::Keygen { alg, output } => {
+            let pair = TeeKeyPair::generate(alg).map_err(|e| e.to_string())?;
+            let pem = pair.private_pem().map_err(|e| e.to_string())?;
+            write_private(&output, pem.as_bytes())?;
+            let public = serde_json::to_string(&pair.public()).map_err(|e| e.to_string())?;
+            say!("{public}");
+        }
+        KbsCommand::Encrypt { jwk } => {
+            let public: TeePubKey = serde_json::from_slice(&read_input(&jwk)?)
+                .map_err(|e| format!("{}: not a TEE public JWK: {e}", jwk.display()))?;
+            let plaintext = zeroize::Zeroizing::new(read_input(std::path::Path::new("-"))?);
+            let jwe = encrypt(&public, &plaintext).map_err(|e| e.to_string())?;
+            say!("{jwe}");
+        }
+        KbsCommand::Decrypt { key } => {
+            let pem = zeroize::Zeroizing::new(read_input(&key)?);
+            let pem = std::str::from_utf8(&pem)
+                .map_err(|_| format!("{}: not PEM text", key.display()))?;
+            let pair = TeeKeyPair::from_pem(pem).map_err(|e| e.to_string())?;
+            let jwe = read_input(std::path::Path::new("-"))?;
+            let plaintext = pair.decrypt(&jwe).map_err(|e| e.to_string())?;
+            std::io::stdout()
+                .write_all(&plaintext)
+                .and_then(|()| std::io::stdout().flush())
+                .map_err(|e| format!("standard output: {e}"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A private key file: created owner-only, never world-readable.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
