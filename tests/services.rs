@@ -390,9 +390,22 @@ fn attestation_agent_rpcs() {
             .await
             .unwrap()
             .into_inner();
-        let evidence = aasp::snp::evidence::Evidence::from_json(&evidence.evidence).unwrap();
-        let report = AttestationReport::from_bytes(&evidence.report).unwrap();
-        assert_eq!(report.report_data, report_data_for_runtime(b"nonce-123"));
+        // Upstream's evidence, as Trustee's SNP verifier deserializes it (sev 7 types).
+        #[derive(serde::Deserialize)]
+        struct SnpEvidence {
+            attestation_report: sev7::firmware::guest::AttestationReport,
+            cert_chain: Option<Vec<sev7::firmware::host::CertTableEntry>>,
+        }
+        let upstream: SnpEvidence = serde_json::from_slice(&evidence.evidence).unwrap();
+        let mut padded = [0u8; 64];
+        padded[..9].copy_from_slice(b"nonce-123");
+        assert_eq!(upstream.attestation_report.report_data, padded);
+        assert_eq!(upstream.cert_chain.unwrap().len(), 3);
+        // ... and as `aasp verify` reads it.
+        let loaded = aasp::snp::evidence::load_report(&evidence.evidence).unwrap();
+        let report = loaded.report;
+        assert_eq!(report.report_data, padded);
+        let evidence = loaded.evidence.unwrap();
         let certs =
             aasp::snp::cert::Cert::from_pem_bundle(evidence.cert_chain_pem.as_bytes()).unwrap();
         let chain = aasp::snp::verify::Chain::from_certs(certs).unwrap();
@@ -404,6 +417,14 @@ fn attestation_agent_rpcs() {
             now(),
         );
         assert!(v.passed(), "{:?}", v.checks);
+        let status = client
+            .get_evidence(aa::GetEvidenceRequest {
+                runtime_data: vec![1; 65],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("64"), "{status:?}");
 
         let token = client
             .get_token(aa::GetTokenRequest {

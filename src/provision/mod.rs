@@ -18,7 +18,7 @@ use crate::azure::maa::{MaaClient, MaaToken};
 use crate::azure::policy::normalize_authority;
 use crate::azure::Secret;
 use crate::http::RetryPolicy;
-use crate::snp::attester::Attester;
+use crate::snp::attester::{fetch_report, Attester};
 use crate::snp::chain::{attest, ChainCache};
 use crate::snp::evidence::Evidence;
 use crate::snp::report::report_data_for_runtime;
@@ -191,6 +191,34 @@ impl Provisioner {
             cert_chain_pem: attested.endorsement.chain.to_pem(),
             uvm_endorsements: attested.endorsement.uvm_reference_info.clone(),
         })
+    }
+
+    /// Confidential Containers SNP evidence (JSON) for a report binding `report_data` as given:
+    /// `{"attestation_report": .., "cert_chain": [..] | null}`, the shape Trustee's verifier and
+    /// the upstream attestation agent use. The chain comes from the configured source with the
+    /// TCB refresh rule; when the source cannot be reached the chain is `null`, as upstream sends
+    /// when the host supplies no certificates (the verifier then fetches the VCEK itself).
+    pub async fn coco_evidence(&self, report_data: [u8; 64]) -> Result<Vec<u8>> {
+        use crate::snp::evidence::coco_evidence_json;
+        match attest(&self.attester, &self.chains, report_data).await {
+            Ok(attested) => Ok(coco_evidence_json(
+                &attested.raw,
+                Some(&attested.endorsement.chain),
+            )?),
+            Err(crate::snp::Error::ChainSource {
+                source_name,
+                reason,
+            }) => {
+                tracing::warn!(
+                    source = %source_name,
+                    %reason,
+                    "no certificate chain for the CoCo evidence; sending cert_chain null"
+                );
+                let (_, raw) = fetch_report(&self.attester, report_data).await?;
+                Ok(coco_evidence_json(&raw, None)?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// An MAA token for `runtime_data` (not cached: each caller's data differs).

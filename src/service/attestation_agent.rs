@@ -2,7 +2,7 @@
 
 use super::{rpc, Backend, ServiceError};
 use crate::proto::attestation_agent as pb;
-use crate::snp::report::report_data_for_runtime;
+use crate::snp::evidence::coco_report_data;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -39,13 +39,16 @@ impl pb::attestation_agent_service_server::AttestationAgentService for Agent {
         request: Request<pb::GetEvidenceRequest>,
     ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
         rpc("attestation_agent/GetEvidence", async {
-            let evidence = self
-                .0
-                .provisioner
-                .evidence(&request.get_ref().runtime_data)
-                .await?;
+            // Upstream's SNP attester: RuntimeData is the report_data itself, zero-padded.
+            let runtime_data = &request.get_ref().runtime_data;
+            let report_data = coco_report_data(runtime_data).ok_or_else(|| {
+                ServiceError::invalid(format!(
+                    "RuntimeData is {} bytes; an SNP report binds at most 64",
+                    runtime_data.len()
+                ))
+            })?;
             Ok(pb::GetEvidenceResponse {
-                evidence: evidence.to_json().into_bytes(),
+                evidence: self.0.provisioner.coco_evidence(report_data).await?,
             })
         })
         .await
@@ -133,9 +136,4 @@ impl pb::attestation_agent_service_server::AttestationAgentService for Agent {
         })
         .await
     }
-}
-
-/// For tests and tools: report_data GetEvidence binds.
-pub fn evidence_report_data(runtime_data: &[u8]) -> [u8; 64] {
-    report_data_for_runtime(runtime_data)
 }
