@@ -90,10 +90,8 @@ impl Fixture {
             .into_inner()
             .key_provider_key_wrap_protocol_output;
         let wrapped: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
-        let annotation = wrapped["keywrapresults"]["annotation"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        // The reply's annotation (an array of bytes) goes back as the unwrap input unchanged.
+        let annotation = wrapped["keywrapresults"]["annotation"].clone();
         let unwrap_input = keyprovider_input(serde_json::json!({
             "op": "keyunwrap",
             "keyunwrapparams": {
@@ -108,7 +106,8 @@ impl Fixture {
                 key_provider_key_wrap_protocol_input: unwrap_input.clone(),
             }))
             .unwrap();
-        let packet = AnnotationPacket::from_annotation(&annotation).unwrap();
+        let packet_json: Vec<u8> = serde_json::from_value(annotation).unwrap();
+        let packet: AnnotationPacket = serde_json::from_slice(&packet_json).unwrap();
         let released = runtime
             .block_on(stack.backend.provisioner.release(
                 &KeyUrl::new(&packet.kms_endpoint, DEMO_RSA_KEY),

@@ -179,10 +179,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into_inner();
         let doc: serde_json::Value =
             serde_json::from_slice(&out.key_provider_key_wrap_protocol_output)?;
-        doc.pointer("/keywrapresults/annotation")
-            .and_then(|a| a.as_str())
-            .unwrap_or_default()
-            .to_owned()
+        // Reply byte fields are arrays of numbers; requests take them as base64 too.
+        let bytes: Vec<u8> = doc
+            .pointer("/keywrapresults/annotation")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+            .collect();
+        STANDARD.encode(bytes)
     } else {
         String::new()
     };

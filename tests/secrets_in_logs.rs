@@ -74,10 +74,7 @@ async fn no_secret_reaches_the_logs() {
         .into_inner();
     let unwrapped: Value =
         serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
-    assert_eq!(
-        unwrapped["keyunwrapresults"]["optsdata"],
-        b64.encode(layer_key)
-    );
+    assert_eq!(unwrapped["keyunwrapresults"]["optsdata"], json!(layer_key));
 
     let mut resources = GetResourceServiceClient::connect(url.clone())
         .await

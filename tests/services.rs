@@ -111,6 +111,15 @@ async fn old_unwrap(input: Vec<u8>) -> Result<Value, tonic::Status> {
     Ok(serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap())
 }
 
+/// A reply's byte field: a JSON array of numbers (anything else fails the test).
+fn byte_array(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array of bytes: {v}"))
+        .iter()
+        .map(|n| u8::try_from(n.as_u64().unwrap()).unwrap())
+        .collect()
+}
+
 fn sorted_keys(v: &Value) -> Vec<String> {
     let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
     keys.sort();
@@ -157,13 +166,12 @@ fn layer_key_round_trip_rsa_and_oct_in_the_exact_document_shapes() {
                 sorted_keys(&wrapped),
                 vec!["keyunwrapresults", "keywrapresults"]
             );
-            assert_eq!(wrapped["keyunwrapresults"], json!({ "optsdata": null }));
-            let annotation = wrapped["keywrapresults"]["annotation"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            let packet: Value =
-                serde_json::from_slice(&STANDARD.decode(&annotation).unwrap()).unwrap();
+            // Byte fields come back as arrays of numbers, never null (ocicrypt-rs reads
+            // `Vec<u8>` only that way); the annotation bytes are the packet JSON.
+            assert_eq!(wrapped["keyunwrapresults"], json!({ "optsdata": [] }));
+            let packet_json = byte_array(&wrapped["keywrapresults"]["annotation"]);
+            let annotation = b64(&packet_json);
+            let packet: Value = serde_json::from_slice(&packet_json).unwrap();
             let mut expected = vec![
                 "attester_endpoint",
                 "kid",
@@ -180,10 +188,10 @@ fn layer_key_round_trip_rsa_and_oct_in_the_exact_document_shapes() {
             assert_eq!(packet["kid"], key);
 
             let unwrapped = old_unwrap(unwrap_request(&annotation)).await.unwrap();
-            assert_eq!(unwrapped["keywrapresults"], json!({ "annotation": null }));
+            assert_eq!(unwrapped["keywrapresults"], json!({ "annotation": [] }));
             assert_eq!(
-                unwrapped["keyunwrapresults"]["optsdata"],
-                b64(layer_key),
+                byte_array(&unwrapped["keyunwrapresults"]["optsdata"]),
+                layer_key,
                 "{key}"
             );
 
@@ -198,8 +206,207 @@ fn layer_key_round_trip_rsa_and_oct_in_the_exact_document_shapes() {
                 .into_inner();
             let doc: Value =
                 serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
-            assert_eq!(doc["keyunwrapresults"]["optsdata"], b64(layer_key));
+            assert_eq!(byte_array(&doc["keyunwrapresults"]["optsdata"]), layer_key);
         }
+    });
+}
+
+/// The keyprovider documents as ocicrypt-rs (image-rs, CDH) defines them
+/// (`ocicrypt-rs/src/keywrap/keyprovider/mod.rs`): results are plain `Vec<u8>` with serde, no
+/// `Option` inside, no base64; the wrap `optsdata` is the raw text; Parameters values base64.
+mod ocicrypt_rs {
+    use serde::{Deserialize, Serialize};
+    use std::collections::HashMap;
+
+    #[derive(Serialize, Default)]
+    pub struct Config {
+        #[serde(rename = "Parameters")]
+        pub param: HashMap<String, Vec<String>>,
+    }
+    #[derive(Serialize, Default)]
+    pub struct KeyWrapParams {
+        pub ec: Option<Config>,
+        #[serde(rename = "optsdata")]
+        pub opts_data: Option<String>,
+    }
+    #[derive(Serialize, Default)]
+    pub struct KeyUnwrapParams {
+        pub dc: Option<Config>,
+        pub annotation: Option<String>,
+    }
+    #[derive(Serialize, Default)]
+    pub struct Input {
+        pub op: String,
+        #[serde(rename = "keywrapparams")]
+        pub key_wrap_params: KeyWrapParams,
+        #[serde(rename = "keyunwrapparams")]
+        pub key_unwrap_params: KeyUnwrapParams,
+    }
+    #[derive(Deserialize, Debug)]
+    pub struct KeyUnwrapResults {
+        #[serde(rename = "optsdata")]
+        pub opts_data: Vec<u8>,
+    }
+    #[derive(Deserialize, Debug)]
+    pub struct KeyWrapResults {
+        pub annotation: Vec<u8>,
+    }
+    #[derive(Deserialize, Debug)]
+    pub struct Output {
+        #[serde(rename = "keywrapresults")]
+        pub key_wrap_results: Option<KeyWrapResults>,
+        #[serde(rename = "keyunwrapresults")]
+        pub key_unwrap_results: Option<KeyUnwrapResults>,
+    }
+}
+
+/// Go's `encoding/json` into a `[]byte`: a base64 string, or an array of numbers, or null.
+fn go_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use serde::de::Error;
+    use serde::Deserialize;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(Vec::new()),
+        Value::String(text) => STANDARD.decode(text).map_err(D::Error::custom),
+        Value::Array(items) => items
+            .iter()
+            .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| D::Error::custom("not a byte")),
+        other => Err(D::Error::custom(format!(
+            "cannot decode {other} into []byte"
+        ))),
+    }
+}
+
+/// Go ocicrypt's `KeyProviderKeyWrapProtocolOutput` (`keywrap/keyprovider/keyprovider.go`).
+#[derive(serde::Deserialize)]
+struct GoOutput {
+    #[serde(default)]
+    keywrapresults: GoWrapResults,
+    #[serde(default)]
+    keyunwrapresults: GoUnwrapResults,
+}
+#[derive(serde::Deserialize, Default)]
+struct GoWrapResults {
+    #[serde(default, deserialize_with = "go_bytes")]
+    annotation: Vec<u8>,
+}
+#[derive(serde::Deserialize, Default)]
+struct GoUnwrapResults {
+    #[serde(default, deserialize_with = "go_bytes")]
+    optsdata: Vec<u8>,
+}
+
+#[test]
+fn ocicrypt_rs_shaped_documents_round_trip_and_go_parses_the_replies() {
+    use ocicrypt_rs as rs;
+    run(async {
+        // The private options JSON ocicrypt passes as optsdata.
+        let opts = r#"{"cipher":"AES_256_CTR_HMAC_SHA256","symkey":"c2VjcmV0IGxheWVyIGtleQ==","digest":"","cipheroptions":{"nonce":"AAAAAAAAAAAAAAAAAAAAAA=="}}"#;
+        let mut ec = rs::Config::default();
+        ec.param.insert(
+            "attestation-agent".into(),
+            vec![b64(format!("aasp:{DEMO_RSA_KEY}"))],
+        );
+        let wrap = rs::Input {
+            op: "keywrap".into(),
+            key_wrap_params: rs::KeyWrapParams {
+                ec: Some(ec),
+                opts_data: Some(opts.into()),
+            },
+            ..Default::default()
+        };
+        let mut client = OldClient::new(channel().await);
+        let out = client
+            .wrap_key(oldkp::KeyProviderKeyWrapProtocolInput {
+                key_provider_key_wrap_protocol_input: serde_json::to_vec(&wrap).unwrap(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key_provider_key_wrap_protocol_output;
+        let wrapped: rs::Output = serde_json::from_slice(&out).unwrap();
+        let annotation = wrapped.key_wrap_results.unwrap().annotation;
+        assert_eq!(wrapped.key_unwrap_results.unwrap().opts_data, b"");
+        let go: GoOutput = serde_json::from_slice(&out).unwrap();
+        assert_eq!(go.keywrapresults.annotation, annotation);
+
+        // image-rs without a named decryption key: `"dc":{"Parameters":{}}`; ocicrypt-rs
+        // base64-encodes the annotation text it read from the image.
+        for dc in [
+            rs::Config::default(),
+            rs::Config {
+                param: [("attestation-agent".to_owned(), vec![b64("Enabled")])].into(),
+            },
+        ] {
+            let unwrap = rs::Input {
+                op: "keyunwrap".into(),
+                key_unwrap_params: rs::KeyUnwrapParams {
+                    dc: Some(dc),
+                    annotation: Some(b64(&annotation)),
+                },
+                ..Default::default()
+            };
+            let out = client
+                .un_wrap_key(oldkp::KeyProviderKeyWrapProtocolInput {
+                    key_provider_key_wrap_protocol_input: serde_json::to_vec(&unwrap).unwrap(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .key_provider_key_wrap_protocol_output;
+            let unwrapped: rs::Output = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                unwrapped.key_unwrap_results.unwrap().opts_data,
+                opts.as_bytes()
+            );
+            assert!(unwrapped.key_wrap_results.unwrap().annotation.is_empty());
+            let go: GoOutput = serde_json::from_slice(&out).unwrap();
+            assert_eq!(go.keyunwrapresults.optsdata, opts.as_bytes());
+        }
+
+        // Arrays of numbers are accepted wherever a byte field goes, Parameters included.
+        let arrays = json!({
+            "op": "keyunwrap",
+            "keyunwrapparams": {
+                "dc": { "Parameters": { "attestation-agent": [b"aasp".to_vec()] } },
+                "annotation": annotation,
+            },
+        });
+        let unwrapped = old_unwrap(arrays.to_string().into_bytes()).await.unwrap();
+        assert_eq!(
+            byte_array(&unwrapped["keyunwrapresults"]["optsdata"]),
+            opts.as_bytes()
+        );
+        // A decryption parameter that names another scheme is still refused.
+        let other = json!({
+            "op": "keyunwrap",
+            "keyunwrapparams": {
+                "dc": { "Parameters": { "attestation-agent": [b64("cc_kbc::null")] } },
+                "annotation": annotation,
+            },
+        });
+        let status = old_unwrap(other.to_string().into_bytes())
+            .await
+            .expect_err("another scheme");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    });
+}
+
+#[test]
+fn go_shaped_documents_round_trip() {
+    run(async {
+        // skopeo's document: base64 everywhere (`layer_key_round_trip_...` covers the rest).
+        let layer_key = b"{\"symkey\":\"go layer key\"}";
+        let out = old_wrap(wrap_request(DEMO_RSA_KEY, layer_key))
+            .await
+            .unwrap();
+        let go: GoOutput = serde_json::from_value(out).unwrap();
+        let unwrapped = old_unwrap(unwrap_request(&b64(&go.keywrapresults.annotation)))
+            .await
+            .unwrap();
+        let go: GoOutput = serde_json::from_value(unwrapped).unwrap();
+        assert_eq!(go.keyunwrapresults.optsdata, layer_key);
     });
 }
 
@@ -230,8 +437,8 @@ fn offline_wrap_tool_output_unwraps_through_the_service() {
     let annotation = std::fs::read_to_string(&out).unwrap();
     let unwrapped = run(old_unwrap(unwrap_request(&annotation))).unwrap();
     assert_eq!(
-        unwrapped["keyunwrapresults"]["optsdata"],
-        b64(b"database password")
+        byte_array(&unwrapped["keyunwrapresults"]["optsdata"]),
+        b"database password"
     );
 }
 
@@ -266,7 +473,7 @@ fn malformed_keyprovider_requests_are_invalid_arguments_and_the_server_keeps_ser
             (
                 "bad base64",
                 bad_b64.to_string().into_bytes(),
-                "not standard base64",
+                "neither standard base64 nor an array",
             ),
             (
                 "wrong op",
@@ -276,7 +483,7 @@ fn malformed_keyprovider_requests_are_invalid_arguments_and_the_server_keeps_ser
             (
                 "missing params",
                 no_params.to_string().into_bytes(),
-                "Parameters is missing",
+                "names no provider",
             ),
             (
                 "unknown key",

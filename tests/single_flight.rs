@@ -64,10 +64,7 @@ async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
                     serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
                 (
                     started.elapsed(),
-                    doc["keyunwrapresults"]["optsdata"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
+                    doc["keyunwrapresults"]["optsdata"].clone(),
                 )
             })
         })
@@ -75,7 +72,7 @@ async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
     let mut finished = Vec::new();
     for call in calls {
         let (at, optsdata) = call.await.unwrap();
-        assert_eq!(optsdata, STANDARD.encode([5u8; 32]));
+        assert_eq!(optsdata, json!(vec![5u8; 32]));
         finished.push(at);
     }
     finished.sort();

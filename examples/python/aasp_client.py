@@ -79,15 +79,16 @@ def main():
                                                       "optsdata": b64(layer_key)}}
     out = kp.WrapKey(keyprovider_pb2.keyProviderKeyWrapProtocolInput(KeyProviderKeyWrapProtocolInput=json.dumps(wrap_input).encode()))
     wrapped = json.loads(out.KeyProviderKeyWrapProtocolOutput)
-    annotation = wrapped["keywrapresults"]["annotation"]
+    # Byte fields come back as arrays of numbers (what ocicrypt-rs and Go's []byte both read).
+    annotation = bytes(wrapped["keywrapresults"]["annotation"])
     check("WrapKey output has both result keys", set(wrapped) == {"keywrapresults", "keyunwrapresults"}, wrapped.keys())
-    packet = json.loads(base64.b64decode(annotation))
+    packet = json.loads(annotation)
     check("annotation packet fields", set(packet) == {"kid", "wrapped_data", "wrap_type", "kms_endpoint", "attester_endpoint"}, packet.keys())
     unwrap_input = {"op": "keyunwrap", "keyunwrapparams": {"dc": {"Parameters": {"attestation-agent": [b64("aasp")]}},
-                                                            "annotation": annotation}}
+                                                            "annotation": b64(annotation)}}
     out = kp.UnWrapKey(keyprovider_pb2.keyProviderKeyWrapProtocolInput(KeyProviderKeyWrapProtocolInput=json.dumps(unwrap_input).encode()))
     unwrapped = json.loads(out.KeyProviderKeyWrapProtocolOutput)
-    check("UnWrapKey returns the layer key", base64.b64decode(unwrapped["keyunwrapresults"]["optsdata"]) == layer_key)
+    check("UnWrapKey returns the layer key", bytes(unwrapped["keyunwrapresults"]["optsdata"]) == layer_key)
     try:
         kp.WrapKey(keyprovider_pb2.keyProviderKeyWrapProtocolInput(KeyProviderKeyWrapProtocolInput=b"{broken"))
         check("WrapKey bad JSON is refused", False)

@@ -29,7 +29,8 @@ def main():
     stub = keyprovider_pb2_grpc.KeyProviderServiceStub(grpc.insecure_channel(args.target))
     reply = stub.UnWrapKey(keyprovider_pb2.keyProviderKeyWrapProtocolInput(
         KeyProviderKeyWrapProtocolInput=json.dumps(request).encode()), timeout=60)
-    secret = base64.b64decode(json.loads(reply.KeyProviderKeyWrapProtocolOutput)["keyunwrapresults"]["optsdata"])
+    # Byte fields in keyprovider replies are JSON arrays of numbers.
+    secret = bytes(json.loads(reply.KeyProviderKeyWrapProtocolOutput)["keyunwrapresults"]["optsdata"])
     with open(args.out, "wb") as f:
         f.write(secret)
     print(f"provisioned {len(secret)} bytes into {args.out}")

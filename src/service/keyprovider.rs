@@ -3,8 +3,13 @@
 //! `keyprovider.KeyProviderService` (the original AASP) and `key_provider.KeyProviderService`
 //! (the SKR sidecar) share every handler except GetReport: the former hex-decodes the string into
 //! report_data (at most 64 bytes, zero-padded), the latter binds SHA-256 of the string's text.
-//! Requests and replies are the JSON documents of DESIGN §4 inside a bytes field; every byte field
-//! is standard padded base64, and both result keys are always present.
+//! Requests and replies are the JSON documents of DESIGN §4 inside a bytes field. The two
+//! ocicrypt implementations write byte fields differently, so every form is accepted: Go ocicrypt
+//! (skopeo, imgcrypt) sends standard base64 strings; ocicrypt-rs (image-rs, CDH) sends arrays of
+//! numbers where its structs hold `Vec<u8>`, the wrap `optsdata` as the raw private-options JSON
+//! text, and `"dc":{"Parameters":{}}` when no decryption key was named. Replies carry both result
+//! keys with byte fields as arrays of numbers, never null: ocicrypt-rs reads them only that way
+//! (plain `Vec<u8>`), and Go's `[]byte` decodes a JSON array as well.
 
 use super::{rpc, Backend, ServiceError};
 use crate::proto::{key_provider as new, keyprovider as old};
@@ -13,7 +18,6 @@ use crate::snp::report::report_data_for_runtime;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -37,7 +41,7 @@ struct WrapParams {
     #[serde(default)]
     ec: Option<Parameters>,
     #[serde(default)]
-    optsdata: Option<String>,
+    optsdata: Option<ByteField>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,62 +49,181 @@ struct UnwrapParams {
     #[serde(default)]
     dc: Option<Parameters>,
     #[serde(default)]
-    annotation: Option<String>,
+    annotation: Option<ByteField>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Parameters {
     #[serde(rename = "Parameters", default)]
-    parameters: Option<HashMap<String, Vec<String>>>,
+    parameters: Option<HashMap<String, Vec<ByteField>>>,
 }
 
-fn output(annotation: Option<String>, optsdata: Option<String>) -> Vec<u8> {
-    json!({
-        "keywrapresults": { "annotation": annotation.map(Value::String).unwrap_or(Value::Null) },
-        "keyunwrapresults": { "optsdata": optsdata.map(Value::String).unwrap_or(Value::Null) },
-    })
-    .to_string()
-    .into_bytes()
+/// A byte field as a peer wrote it: a string (base64, or for the wrap `optsdata` of ocicrypt-rs
+/// the raw text) or an array of numbers. Read straight into zeroizing buffers: `optsdata` is the
+/// layer key, so it never passes through a `serde_json::Value` or a plain `String`.
+enum ByteField {
+    Text(Zeroizing<String>),
+    Array(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for ByteField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ByteField(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ByteField;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 string or an array of byte values")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteField, E> {
+                Ok(ByteField::Text(Zeroizing::new(text.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<ByteField, E> {
+                Ok(ByteField::Text(Zeroizing::new(text)))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ByteField, A::Error> {
+                // Sized once from the hint (bounded, since the hint comes from the peer), so
+                // that growing the buffer rarely leaves an unzeroized copy behind.
+                let mut bytes = Zeroizing::new(Vec::with_capacity(
+                    seq.size_hint().unwrap_or(0).min(MAX_HINT),
+                ));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    if bytes.len() == bytes.capacity() {
+                        let mut bigger = Zeroizing::new(Vec::with_capacity(
+                            bytes.capacity().saturating_mul(2).max(64),
+                        ));
+                        bigger.extend_from_slice(&bytes);
+                        bytes = bigger;
+                    }
+                    bytes.push(byte);
+                }
+                Ok(ByteField::Array(bytes))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The largest capacity a peer's size hint may reserve up front.
+const MAX_HINT: usize = 1 << 20;
+
+impl ByteField {
+    /// The bytes of a base64 (standard, padded) or array field.
+    fn decode(&self, field: &str) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        match self {
+            ByteField::Array(bytes) => Ok(bytes.clone()),
+            ByteField::Text(text) => b64(field, text),
+        }
+    }
+
+    /// The wrap `optsdata`: ocicrypt-rs sends the private-options JSON as raw text, Go ocicrypt
+    /// its base64. A JSON document starts with `{`, which base64 never contains, so the two
+    /// cannot be confused.
+    fn decode_optsdata(&self, field: &str) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        match self {
+            ByteField::Text(text) if text.trim_start().starts_with('{') => {
+                Ok(Zeroizing::new(text.as_bytes().to_vec()))
+            }
+            other => other.decode(field),
+        }
+    }
+}
+
+/// The reply, written straight into a zeroizing buffer sized up front (no reallocation leaves a
+/// copy of the layer key behind): both result keys, byte fields as arrays of numbers.
+fn output(annotation: &[u8], optsdata: &[u8]) -> Zeroizing<Vec<u8>> {
+    const HEAD: &[u8] = br#"{"keywrapresults":{"annotation":"#;
+    const MIDDLE: &[u8] = br#"},"keyunwrapresults":{"optsdata":"#;
+    const TAIL: &[u8] = b"}}";
+    // Each byte takes at most three digits and a comma; each array two brackets.
+    let capacity =
+        HEAD.len() + MIDDLE.len() + TAIL.len() + 4 + 4 * (annotation.len() + optsdata.len());
+    let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+    out.extend_from_slice(HEAD);
+    push_array(&mut out, annotation);
+    out.extend_from_slice(MIDDLE);
+    push_array(&mut out, optsdata);
+    out.extend_from_slice(TAIL);
+    out
+}
+
+fn push_array(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'[');
+    for (i, byte) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let (hundreds, tens, ones) = (byte / 100, byte / 10 % 10, byte % 10);
+        if hundreds > 0 {
+            out.push(b'0' + hundreds);
+        }
+        if hundreds > 0 || tens > 0 {
+            out.push(b'0' + tens);
+        }
+        out.push(b'0' + ones);
+    }
+    out.push(b']');
+}
+
+/// Hands the reply to the transport: the buffer moves (no copy) into the message, which the
+/// transport encodes and drops.
+fn into_message_bytes(mut reply: Zeroizing<Vec<u8>>) -> Vec<u8> {
+    std::mem::take(&mut *reply)
 }
 
 fn b64(field: &str, value: &str) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     STANDARD
-        .decode(value)
+        .decode(value.trim())
         .map(Zeroizing::new)
-        .map_err(|_| ServiceError::invalid(format!("{field} is not standard base64")))
+        .map_err(|_| {
+            ServiceError::invalid(format!(
+                "{field} is neither standard base64 nor an array of byte values"
+            ))
+        })
 }
 
-/// The first value this provider was given among the parameters, base64-decoded.
+/// What the parameters say for this provider: `None` when they name it not at all (or are
+/// empty, as ocicrypt-rs sends them when no key was named), else the first value decoded.
 fn our_parameter(
     backend: &Backend,
     params: Option<Parameters>,
     field: &str,
-) -> Result<String, ServiceError> {
-    let params = params
-        .and_then(|p| p.parameters)
-        .ok_or_else(|| ServiceError::invalid(format!("{field}.Parameters is missing")))?;
+) -> Result<Option<String>, ServiceError> {
+    let Some(params) = params.and_then(|p| p.parameters) else {
+        return Ok(None);
+    };
     let names =
         std::iter::once(PROVIDER_NAME).chain(backend.provider_names.iter().map(String::as_str));
-    let values = names
-        .clone()
-        .find_map(|name| params.get(name))
-        .ok_or_else(|| {
-            let given: Vec<&String> = params.keys().collect();
-            let known: Vec<&str> = names.collect();
-            ServiceError::invalid(format!(
-                "{field}.Parameters names no provider this server is ({known:?}); it has {given:?}"
-            ))
-        })?;
+    let Some(values) = names.clone().find_map(|name| params.get(name)) else {
+        return Ok(None);
+    };
     let first = values.first().ok_or_else(|| {
         ServiceError::invalid(format!("{field}.Parameters has an empty value list"))
     })?;
-    String::from_utf8(b64(field, first)?.to_vec())
+    String::from_utf8(first.decode(field)?.to_vec())
+        .map(Some)
         .map_err(|_| ServiceError::invalid(format!("{field} parameter is not UTF-8")))
 }
 
+/// The value a decryption key names the default provider with: ocicrypt (Go and Rust) writes
+/// `Enabled` for `provider:attestation-agent` without a suffix.
+const DEFAULT_SELECTORS: [&str; 2] = ["", "enabled"];
+
 const SCHEMES: [&str; 3] = ["aasp", "skr", "aaa"];
 
-async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Vec<u8>, ServiceError> {
+async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| ServiceError::invalid(format!("keyprovider input is not valid JSON: {e}")))?;
     match input.op.as_deref() {
@@ -114,7 +237,13 @@ async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Vec<u8>, ServiceErr
     let params = input
         .keywrapparams
         .ok_or_else(|| ServiceError::invalid("keywrapparams is missing"))?;
-    let recipient = our_parameter(backend, params.ec, "keywrapparams.ec")?;
+    // Wrapping needs a key reference: there is no default recipient.
+    let recipient = our_parameter(backend, params.ec, "keywrapparams.ec")?.ok_or_else(|| {
+        ServiceError::invalid(format!(
+            "keywrapparams.ec.Parameters names no provider this server is ({})",
+            provider_names(backend)
+        ))
+    })?;
     let key_ref = SCHEMES
         .iter()
         .find_map(|scheme| {
@@ -125,10 +254,10 @@ async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Vec<u8>, ServiceErr
         .ok_or_else(|| {
             ServiceError::invalid(format!("recipient {recipient:?} is not aasp:<key>"))
         })?;
-    let optsdata = b64(
-        "keywrapparams.optsdata",
-        params.optsdata.as_deref().unwrap_or_default(),
-    )?;
+    let optsdata = match &params.optsdata {
+        Some(field) => field.decode_optsdata("keywrapparams.optsdata")?,
+        None => Zeroizing::new(Vec::new()),
+    };
     if optsdata.is_empty() {
         return Err(ServiceError::invalid(
             "keywrapparams.optsdata (the layer key) is empty",
@@ -143,10 +272,19 @@ async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Vec<u8>, ServiceErr
         .provisioner
         .wrap_layer_key(&resolved, &optsdata)
         .await?;
-    Ok(output(Some(packet.to_annotation()), None))
+    let annotation = serde_json::to_vec(&packet)
+        .map_err(|e| ServiceError::invalid(format!("cannot encode the annotation: {e}")))?;
+    Ok(output(&annotation, &[]))
 }
 
-async fn unwrap_key(backend: &Backend, input: &[u8]) -> Result<Vec<u8>, ServiceError> {
+fn provider_names(backend: &Backend) -> String {
+    std::iter::once(PROVIDER_NAME)
+        .chain(backend.provider_names.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn unwrap_key(backend: &Backend, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| ServiceError::invalid(format!("keyprovider input is not valid JSON: {e}")))?;
     match input.op.as_deref() {
@@ -160,21 +298,32 @@ async fn unwrap_key(backend: &Backend, input: &[u8]) -> Result<Vec<u8>, ServiceE
     let params = input
         .keyunwrapparams
         .ok_or_else(|| ServiceError::invalid("keyunwrapparams is missing"))?;
-    let scheme = our_parameter(backend, params.dc, "keyunwrapparams.dc")?;
-    if !SCHEMES
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(scheme.trim()))
-    {
-        return Err(ServiceError::invalid(format!(
-            "decryption parameter {scheme:?} is not \"aasp\""
-        )));
+    // The annotation packet says which key to release; the decryption parameters only select a
+    // provider, and a missing or empty selection means this one (ocicrypt-rs sends
+    // `{"Parameters":{}}` when no key was named, Go calls every provider of the image).
+    if let Some(scheme) = our_parameter(backend, params.dc, "keyunwrapparams.dc")? {
+        let scheme = scheme.trim();
+        let known = SCHEMES
+            .iter()
+            .chain(DEFAULT_SELECTORS.iter())
+            .any(|s| s.eq_ignore_ascii_case(scheme));
+        if !known {
+            return Err(ServiceError::invalid(format!(
+                "decryption parameter {scheme:?} is not \"aasp\""
+            )));
+        }
     }
     let annotation = params
         .annotation
-        .ok_or_else(|| ServiceError::invalid("keyunwrapparams.annotation is missing"))?;
-    let packet = AnnotationPacket::from_annotation(&annotation)?;
+        .ok_or_else(|| ServiceError::invalid("keyunwrapparams.annotation is missing"))?
+        .decode("keyunwrapparams.annotation")?;
+    let packet: AnnotationPacket = serde_json::from_slice(&annotation).map_err(|e| {
+        ServiceError::invalid(format!(
+            "the annotation is not an aasp annotation packet: {e}"
+        ))
+    })?;
     let layer_key = backend.provisioner.unwrap_layer_key(&packet).await?;
-    Ok(output(None, Some(STANDARD.encode(layer_key.as_slice()))))
+    Ok(output(&[], &layer_key))
 }
 
 /// AASP's GetReport: the hex string *is* report_data (≤ 64 bytes, zero-padded).
@@ -238,11 +387,8 @@ impl old::key_provider_service_server::KeyProviderService for Aasp {
         request: Request<old::KeyProviderKeyWrapProtocolInput>,
     ) -> Result<Response<old::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("keyprovider/WrapKey", async {
-            let out = wrap_key(
-                &self.0,
-                &request.get_ref().key_provider_key_wrap_protocol_input,
-            )
-            .await?;
+            let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
+            let out = into_message_bytes(wrap_key(&self.0, &input).await?);
             Ok(old::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -255,11 +401,8 @@ impl old::key_provider_service_server::KeyProviderService for Aasp {
         request: Request<old::KeyProviderKeyWrapProtocolInput>,
     ) -> Result<Response<old::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("keyprovider/UnWrapKey", async {
-            let out = unwrap_key(
-                &self.0,
-                &request.get_ref().key_provider_key_wrap_protocol_input,
-            )
-            .await?;
+            let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
+            let out = into_message_bytes(unwrap_key(&self.0, &input).await?);
             Ok(old::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -302,11 +445,8 @@ impl new::key_provider_service_server::KeyProviderService for Sidecar {
         request: Request<new::KeyProviderKeyWrapProtocolInput>,
     ) -> Result<Response<new::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("key_provider/WrapKey", async {
-            let out = wrap_key(
-                &self.0,
-                &request.get_ref().key_provider_key_wrap_protocol_input,
-            )
-            .await?;
+            let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
+            let out = into_message_bytes(wrap_key(&self.0, &input).await?);
             Ok(new::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -319,11 +459,8 @@ impl new::key_provider_service_server::KeyProviderService for Sidecar {
         request: Request<new::KeyProviderKeyWrapProtocolInput>,
     ) -> Result<Response<new::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("key_provider/UnWrapKey", async {
-            let out = unwrap_key(
-                &self.0,
-                &request.get_ref().key_provider_key_wrap_protocol_input,
-            )
-            .await?;
+            let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
+            let out = into_message_bytes(unwrap_key(&self.0, &input).await?);
             Ok(new::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -367,5 +504,55 @@ impl new::key_provider_service_server::KeyProviderService for Sidecar {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_arrays_hold_every_byte_value() {
+        let every: Vec<u8> = (0..=255).collect();
+        let reply = output(b"{\"kid\":\"k\"}", &every);
+        // The buffer was sized once: no reallocation left a copy behind.
+        assert!(reply.len() <= reply.capacity());
+        let doc: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        let optsdata: Vec<u8> =
+            serde_json::from_value(doc["keyunwrapresults"]["optsdata"].clone()).unwrap();
+        assert_eq!(optsdata, every);
+        let annotation: Vec<u8> =
+            serde_json::from_value(doc["keywrapresults"]["annotation"].clone()).unwrap();
+        assert_eq!(annotation, b"{\"kid\":\"k\"}");
+        assert_eq!(
+            &*output(&[], &[]),
+            br#"{"keywrapresults":{"annotation":[]},"keyunwrapresults":{"optsdata":[]}}"#
+        );
+    }
+
+    #[test]
+    fn byte_fields_in_every_form() {
+        let field = |json: &str| serde_json::from_str::<ByteField>(json).unwrap();
+        assert_eq!(&*field(r#""AQID""#).decode("f").unwrap(), &[1, 2, 3]);
+        assert_eq!(&*field("[1,2,3]").decode("f").unwrap(), &[1, 2, 3]);
+        assert_eq!(&*field("[]").decode("f").unwrap(), &[] as &[u8]);
+        let raw = field(r#""{\"symkey\":\"AQID\"}""#);
+        assert_eq!(&*raw.decode_optsdata("f").unwrap(), br#"{"symkey":"AQID"}"#);
+        assert_eq!(
+            &*field(r#""AQID""#).decode_optsdata("f").unwrap(),
+            &[1, 2, 3]
+        );
+        assert!(field(r#""%%""#).decode("f").is_err());
+        assert!(serde_json::from_str::<ByteField>("[256]").is_err());
+        assert!(serde_json::from_str::<ByteField>("[-1]").is_err());
+        assert!(serde_json::from_str::<ByteField>("12").is_err());
+        assert!(serde_json::from_str::<ByteField>("{}").is_err());
+        let long: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+        let json = serde_json::to_string(&long).unwrap();
+        assert_eq!(&*field(&json).decode("f").unwrap(), long.as_slice());
+        assert_eq!(
+            format!("{:?}", field(r#""c2VjcmV0""#)),
+            "ByteField(<redacted>)"
+        );
     }
 }
