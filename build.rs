@@ -34,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .skip_debug(SECRET_MESSAGES)
+        // A request that is not protobuf is INVALID_ARGUMENT (tonic's codec says INTERNAL).
+        .codec_path("crate::service::codec::ProtobufCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

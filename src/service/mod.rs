@@ -6,10 +6,12 @@
 //! the reply; errors become statuses in `error.rs` only. Must not know Azure's wire formats.
 
 pub mod attestation_agent;
+pub mod codec;
 pub mod error;
 pub mod getresource;
 pub mod keyprovider;
 pub mod rest;
+pub mod unix_socket;
 
 use crate::proto;
 use crate::provision::Provisioner;
@@ -266,18 +268,17 @@ pub enum Bound {
 
 impl Bound {
     /// Binds `listen`. A Unix socket is created owner-only (0600): only the pod's own user may
-    /// ask for keys.
+    /// ask for keys; see [`unix_socket`] for what is never replaced.
     pub async fn bind(listen: &Listen) -> std::io::Result<Self> {
         match listen {
             Listen::Tcp(addr) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await?)),
             Listen::Unix(path) => {
-                if path.exists() {
-                    std::fs::remove_file(path)?;
-                }
-                let listener = tokio::net::UnixListener::bind(path)?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                Ok(Bound::Unix(listener, path.clone()))
+                let listener = unix_socket::bind_unix_socket(path)?;
+                listener.set_nonblocking(true)?;
+                Ok(Bound::Unix(
+                    tokio::net::UnixListener::from_std(listener)?,
+                    path.clone(),
+                ))
             }
         }
     }
@@ -314,7 +315,7 @@ impl Bound {
                 let result = axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await;
-                let _ = std::fs::remove_file(&path);
+                unix_socket::remove_unix_socket(&path);
                 result
             }
         }
@@ -324,6 +325,28 @@ impl Bound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_unix_listener_never_replaces_a_file_nor_steals_a_live_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("precious");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(Bound::bind(&Listen::Unix(file.clone())).await.is_err());
+        assert_eq!(std::fs::read(&file).ok().as_deref(), Some(&b"data"[..]));
+
+        let socket = Listen::Unix(dir.path().join("aasp.sock"));
+        let first = Bound::bind(&socket).await;
+        assert!(first.is_ok());
+        assert!(
+            Bound::bind(&socket).await.is_err(),
+            "a live socket was taken over"
+        );
+        drop(first);
+        assert!(
+            Bound::bind(&socket).await.is_ok(),
+            "a stale socket is replaced"
+        );
+    }
 
     #[test]
     fn grpc_timeout_values() {
