@@ -6,6 +6,8 @@
 //! - `snp`: the attestation core: report, devices and simulator, certificate chain, verification.
 //! - `http`: the one outbound HTTP client builder (rustls, explicit extra CA, timeouts).
 //! - `env`: every environment variable aasp reads.
+//! - `files`: every file aasp writes, with an explicit mode whatever the umask.
+//! - `hardening`: no core dumps, no ptrace attach of a process holding keys.
 //! - `metrics`: the one metrics registry (Prometheus text on `--metrics-listen`).
 //! - `azure`: MAA, identity, Managed HSM / Key Vault, the key unwrap, release policies.
 //! - `kbs`: the Trustee Key Broker Service client (RCAR, sessions, TEE key, JWE resources).
@@ -20,6 +22,8 @@ pub mod azure;
 pub mod cli;
 pub mod emulator;
 pub mod env;
+pub mod files;
+pub mod hardening;
 pub mod http;
 pub mod kbs;
 pub mod metrics;

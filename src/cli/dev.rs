@@ -134,8 +134,9 @@ pub async fn start_with(
         .unwrap_or_default();
     let ocicrypt_config = state_dir.join("ocicrypt_keyprovider.conf");
     let conf = serde_json::json!({ "key-providers": { "attestation-agent": { "grpc": grpc } } });
-    std::fs::write(&ocicrypt_config, conf.to_string())
-        .map_err(|e| format!("{}: {e}", ocicrypt_config.display()))?;
+    // Read by ocicrypt clients that may run as other users: public, but only aasp writes it.
+    crate::files::write_public(&ocicrypt_config, conf.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
     Ok(DevStack {
         emulator,
         server,
@@ -185,11 +186,11 @@ async fn import_demo_keys(
             .map_err(|e| e.to_string())?;
     }
 
-    std::fs::create_dir_all(keys_dir).map_err(|e| format!("{}: {e}", keys_dir.display()))?;
+    crate::files::create_private_dir(keys_dir).map_err(|e| e.to_string())?;
     let spki = rsa_jwk.rsa_public_spki().map_err(|e| e.to_string())?;
-    std::fs::write(
-        keys_dir.join(format!("{DEMO_RSA_KEY}.pem")),
-        spki_to_pem(&spki),
+    crate::files::write_public(
+        &keys_dir.join(format!("{DEMO_RSA_KEY}.pem")),
+        spki_to_pem(&spki).as_bytes(),
     )
     .map_err(|e| e.to_string())?;
     for (name, public_key_path) in [
@@ -203,7 +204,8 @@ async fn import_demo_keys(
         };
         let path = keys_dir.join(format!("{name}-info.json"));
         let text = serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?;
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Names the key layers are wrapped to: nobody else may change it.
+        crate::files::write_private(&path, text.as_bytes()).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -73,8 +73,9 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
         }
     };
     let packet = wrap_rsa(&resolved, &spki, &secret).map_err(|e| e.to_string())?;
-    std::fs::write(&args.output, packet.to_annotation())
-        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    // The annotation travels with the image: public, but written with an explicit mode.
+    crate::files::write_public(&args.output, packet.to_annotation().as_bytes())
+        .map_err(|e| e.to_string())?;
     eprintln!(
         "wrapped {} bytes for {} ({}) into {}",
         secret.len(),

@@ -51,7 +51,7 @@ fn pki_error(e: impl std::fmt::Display) -> Error {
 impl Pki {
     /// Loads the dev CA from `dir` (or creates it) and issues fresh leaf certificates.
     pub fn load_or_create(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+        crate::files::create_private_dir(dir).map_err(|e| Error::Io(e.to_string()))?;
         let ca_path = dir.join(CA_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let ca_key = match std::fs::read_to_string(&key_path) {
@@ -67,8 +67,8 @@ impl Pki {
             Ok(pem) => pem,
             Err(_) => {
                 let pem = params.self_signed(&ca_key).map_err(pki_error)?.pem();
-                std::fs::write(&ca_path, &pem)
-                    .map_err(|e| Error::Io(format!("{}: {e}", ca_path.display())))?;
+                crate::files::write_public(&ca_path, pem.as_bytes())
+                    .map_err(|e| Error::Io(e.to_string()))?;
                 pem
             }
         };
@@ -117,15 +117,5 @@ fn leaf_params(cn: &str) -> Result<CertificateParams, Error> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-    file.write_all(bytes)
-        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+    crate::files::write_private(path, bytes).map_err(|e| Error::Io(e.to_string()))
 }

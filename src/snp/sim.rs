@@ -138,8 +138,7 @@ impl Simulated {
             dir: dir.clone(),
             reason,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io(format!("cannot create: {e}")))?;
-        restrict_dir(&dir);
+        crate::files::create_private_dir(&dir).map_err(|e| io(format!("cannot create: {e}")))?;
 
         // Only the chip's identity is taken from the state directory; device.json records the
         // last run's settings for people to read, never as defaults for the next run.
@@ -218,7 +217,7 @@ impl Simulated {
         let device = serde_json::to_vec_pretty(&self.device).map_err(|e| io(e.to_string()))?;
         write_private(&self.dir.join("device.json"), &device).map_err(io)?;
         let context = self.security_context_dir();
-        std::fs::create_dir_all(&context).map_err(|e| io(e.to_string()))?;
+        crate::files::create_private_dir(&context).map_err(|e| io(e.to_string()))?;
         let b64 = base64::engine::general_purpose::STANDARD;
         write_private(
             &context.join("host-amd-cert-base64"),
@@ -330,7 +329,8 @@ fn load_or_create_roots(dir: &Path) -> Result<(Cert, Cert, RsaKeyPair)> {
     write_private(&dir.join("ask.pk8"), ask_pk8.as_ref()).map_err(err)?;
     write_private(&dir.join("ark.der"), ark.der()).map_err(err)?;
     // The root is public; PEM is what `--trust-root` takes.
-    std::fs::write(dir.join("ark.pem"), ark.to_pem()).map_err(|e| err(e.to_string()))?;
+    crate::files::write_public(&dir.join("ark.pem"), ark.to_pem().as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     write_private(&dir.join("ask.der"), ask.der()).map_err(err)?;
     Ok((ark, ask, ask_key))
 }
@@ -486,26 +486,5 @@ fn rng_error() -> Error {
 
 /// Writes a file readable only by its owner: the simulator's directory holds private keys.
 fn write_private(path: &Path, bytes: &[u8]) -> std::result::Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // A name of its own per writer: two processes sharing a state dir must not interleave.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn restrict_dir(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // Best effort: a state dir on a filesystem without modes still works.
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    crate::files::write_private(path, bytes).map_err(|e| e.to_string())
 }
