@@ -54,3 +54,5 @@ pub const AASP_CONFIG: &str = "AASP_CONFIG";
 pub const AASP_LOG_FORMAT: &str = "AASP_LOG_FORMAT";
 /// `--transfer-key-rotation`: seconds between transfer-key rotations (0 = never).
 pub const AASP_TRANSFER_KEY_ROTATION: &str = "AASP_TRANSFER_KEY_ROTATION";
+/// `--allow-core-dumps`: keep the process dumpable (core dumps, ptrace attach) for debugging.
+pub const AASP_ALLOW_CORE_DUMPS: &str = "AASP_ALLOW_CORE_DUMPS";

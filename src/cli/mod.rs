@@ -47,6 +47,10 @@ pub struct Cli {
     /// environment variables override it.
     #[arg(long, env = env::AASP_CONFIG, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Keep the process dumpable: allow core dumps and ptrace attach (debugging only; a dump
+    /// would hold released keys). By default both are disabled.
+    #[arg(long, env = env::AASP_ALLOW_CORE_DUMPS, global = true)]
+    allow_core_dumps: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -365,6 +369,13 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if !cli.allow_core_dumps {
+        // Before any thread or secret exists. A failure (e.g. a seccomp filter) is reported,
+        // not fatal: refusing to start would not make the keys safer.
+        if let Err(e) = crate::hardening::disable_dumps() {
+            tracing::warn!(error = %e, "cannot disable core dumps and ptrace attach");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
