@@ -65,16 +65,7 @@ pub async fn run(command: KbsCommand) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A private key file: created owner-only, never world-readable.
+/// A private key file: owner-only whatever the umask or an existing file's mode.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    crate::files::write_private(path, bytes).map_err(|e| e.to_string())
 }
