@@ -69,7 +69,7 @@ fn forbidden(message: impl Into<String>) -> Failure {
 /// Front of every request: HTTP/2 carries the host in `:authority`, not `Host`; handlers read
 /// `Host` (issuer and key URLs name the host the client used), so it is filled in here. Then the
 /// configured faults fire.
-async fn inject_faults(
+pub(super) async fn inject_faults(
     AxState(state): AxState<Shared>,
     mut request: Request,
     next: Next,
@@ -106,14 +106,14 @@ async fn inject_faults(
     next.run(request).await
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
 }
 
-fn random_hex(len: usize) -> String {
+pub(super) fn random_hex(len: usize) -> String {
     let mut bytes = vec![0u8; len];
     let _ = SystemRandom::new().fill(&mut bytes);
     hex::encode(bytes)

@@ -8,6 +8,7 @@
 
 pub mod faults;
 mod handlers;
+pub mod kbs;
 pub mod pki;
 
 use crate::azure::jws::{Jwks, JwksKey};
@@ -52,6 +53,8 @@ pub struct Config {
     /// play an attestation service that is not the one the client asked.
     pub maa_issuer: Option<String>,
     pub faults: Faults,
+    /// The emulated Trustee KBS: sessions, token lifetime, resource policy.
+    pub kbs: kbs::KbsConfig,
 }
 
 impl Config {
@@ -65,6 +68,7 @@ impl Config {
             maa_token_lifetime: 8 * 3600,
             maa_issuer: None,
             faults: Faults::default(),
+            kbs: kbs::KbsConfig::default(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub(crate) struct State {
     keys: Mutex<HashMap<String, StoredKey>>,
     faults: RwLock<Faults>,
     counters: Arc<Counters>,
+    kbs: Arc<kbs::Kbs>,
 }
 
 /// A running emulator; dropping it does not stop it, `shutdown` does.
@@ -123,6 +128,8 @@ pub struct Running {
     /// The dev CA clients must trust (`--extra-ca`).
     pub ca_path: PathBuf,
     pub counters: Arc<Counters>,
+    /// The emulated KBS: seed resources, change its policy, count its calls.
+    pub kbs: Arc<kbs::Kbs>,
     state: Arc<State>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -180,6 +187,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }],
     };
     let counters = Arc::new(Counters::default());
+    let kbs = Arc::new(kbs::Kbs::new(config.kbs));
     let state = Arc::new(State {
         maa_key,
         maa_kid,
@@ -195,6 +203,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         keys: Mutex::new(HashMap::new()),
         faults: RwLock::new(config.faults),
         counters: Arc::clone(&counters),
+        kbs: Arc::clone(&kbs),
     });
 
     let tls = tls_config(pki.server_chain_der, pki.server_key_der)?;
@@ -205,13 +214,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .local_addr()
         .map_err(|e| Error::Io(e.to_string()))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let router = handlers::router(Arc::clone(&state));
+    let router = handlers::router(Arc::clone(&state)).merge(kbs::router(Arc::clone(&state)));
     tokio::spawn(serve(listener, tls, router, Arc::clone(&state), stopped));
     Ok(Running {
         addr,
         url: format!("https://{addr}"),
         ca_path: pki.ca_path,
         counters,
+        kbs,
         state,
         stop,
     })
