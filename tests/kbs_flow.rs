@@ -21,7 +21,7 @@ use aasp::kbs::{
     Error, EvidenceSource, KbsClient, KbsOptions, KeyAlgorithm, ResourceUri, TeeKeyPair,
 };
 use aasp::snp::attester::Attester;
-use aasp::snp::evidence::Evidence;
+use aasp::snp::evidence::{coco_evidence_json, Evidence};
 use aasp::snp::sim::{SimOptions, Simulated};
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
@@ -32,14 +32,10 @@ const SECRET: &[u8] = b"a resource only an attested guest may read";
 struct SimEvidence(Simulated);
 
 impl SimEvidence {
+    /// Upstream's CoCo SNP evidence, as aasp's attestation agent sends it.
     fn evidence_for(&self, report_data: [u8; 64]) -> Value {
         let report = self.0.report(&report_data).unwrap();
-        let doc = Evidence {
-            report,
-            cert_chain_pem: self.0.chain().to_pem(),
-            uvm_endorsements: None,
-        };
-        serde_json::from_str(&doc.to_json()).unwrap()
+        serde_json::from_slice(&coco_evidence_json(&report, Some(self.0.chain())).unwrap()).unwrap()
     }
 }
 
@@ -307,6 +303,7 @@ async fn evidence_with_a_broken_signature_is_refused() {
         cert_chain_pem: stack.evidence.0.chain().to_pem(),
         uvm_endorsements: None,
     };
+    // aasp's own evidence document, the second form this KBS reads.
     let evidence: Value = serde_json::from_str(&doc.to_json()).unwrap();
     let (status, body) = stack.attest(&cookie, &nonce, &key, evidence).await;
     assert_eq!(status, 401);

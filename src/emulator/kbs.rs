@@ -12,7 +12,7 @@ use super::State;
 use crate::azure::jws::{sign_rs256, Compact};
 use crate::kbs::client::{report_data, PROTOCOL_VERSION, SESSION_COOKIE};
 use crate::kbs::jwe::{encrypt, TeePubKey};
-use crate::snp::evidence::Evidence;
+use crate::snp::evidence::load_report;
 use crate::snp::report::AttestationReport;
 use crate::snp::verify::{verify_report, Chain};
 use axum::extract::{Path, State as AxState};
@@ -325,19 +325,23 @@ async fn attest(
 }
 
 /// The SNP evidence: the CoCo form Trustee's verifier reads (`{"attestation_report",
-/// "cert_chain"}`) once aasp produces it, or aasp's evidence document (`{"SnpReport",
-/// "VcekCertChain"}`, what MAA receives).
+/// "cert_chain"}`, what aasp's attestation agent and upstream's send), or aasp's evidence
+/// document (`{"SnpReport", "VcekCertChain"}`, what MAA receives). The chain must be present:
+/// this KBS does not fetch VCEKs.
 fn parse_evidence(primary: &Value) -> Result<(AttestationReport, Chain), String> {
-    let evidence = if primary.get("SnpReport").is_some() {
-        Evidence::from_json(primary.to_string().as_bytes()).map_err(|e| e.to_string())?
-    } else {
-        return Err("primary_evidence is not SNP evidence aasp reads".into());
-    };
-    let report = AttestationReport::from_bytes(&evidence.report).map_err(|e| e.to_string())?;
-    let certs = crate::snp::cert::Cert::from_pem_bundle(evidence.cert_chain_pem.as_bytes())
+    if primary.get("attestation_report").is_none() && primary.get("SnpReport").is_none() {
+        return Err("primary_evidence is not SNP evidence".into());
+    }
+    let loaded = load_report(primary.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    let pem = loaded
+        .evidence
+        .map(|e| e.cert_chain_pem)
+        .filter(|pem| !pem.is_empty())
+        .ok_or_else(|| "the evidence carries no certificate chain".to_owned())?;
+    let certs = crate::snp::cert::Cert::from_pem_bundle(pem.as_bytes())
         .map_err(|e| format!("certificate chain: {e}"))?;
     let chain = Chain::from_certs(certs).map_err(|e| format!("certificate chain: {e}"))?;
-    Ok((report, chain))
+    Ok((loaded.report, chain))
 }
 
 /// Claims named as Trustee's SNP verifier names them (`deps/verifier/src/snp/mod.rs`).
