@@ -5,7 +5,7 @@ use super::{read_input, AttesterArgs, ChainArgs, TlsArgs};
 use crate::snp::chain::attest;
 use crate::snp::evidence::Evidence;
 use crate::snp::report::{report_data_for_runtime, ReportView};
-use crate::snp::verify::verify_report;
+use crate::snp::verify::verify_report_with;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +31,9 @@ pub struct ReportArgs {
     /// root when `--attester sim`). Exits non-zero when verification fails.
     #[arg(long)]
     verify: bool,
+    /// Requirements checked with --verify.
+    #[command(flatten)]
+    requirements: super::verify::RequirementArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +50,11 @@ pub async fn run(args: ReportArgs) -> Result<ExitCode, String> {
         Some(path) => report_data_for_runtime(&read_input(path)?),
         None => [0u8; 64],
     };
+    if !args.verify && args.requirements.requirements() != Default::default() {
+        return Err(
+            "--min-tcb, --max-vmpl, --deny-smt and --deny-migration-agent need --verify".into(),
+        );
+    }
     let attester = args.attester.open()?;
     if !(args.verify || args.format == ReportFormat::Evidence) {
         let (report, raw) = crate::snp::attester::fetch_report(&attester, report_data)
@@ -77,11 +85,12 @@ pub async fn run(args: ReportArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let trust = args.chain.trust_store(attester.simulated_root())?;
-    let verification = verify_report(
+    let verification = verify_report_with(
         &attested.report,
         &attested.endorsement.chain,
         &trust,
         now_unix(),
+        &args.requirements.requirements(),
     );
     match args.format {
         ReportFormat::Json => {

@@ -4,7 +4,7 @@ use super::{read_input, ChainArgs};
 use crate::snp::cert::Cert;
 use crate::snp::evidence::load_report;
 use crate::snp::report::ReportView;
-use crate::snp::verify::{verify_report, Chain, Verification};
+use crate::snp::verify::{verify_report_with, Chain, MinTcb, Requirements, Verification};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,37 @@ pub struct VerifyArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
+    #[command(flatten)]
+    requirements: RequirementArgs,
+}
+
+/// Optional requirements on the platform and guest, checked after authenticity.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RequirementArgs {
+    /// Minimum reported TCB per component, e.g. bootloader=3,tee=0,snp=8,microcode=115
+    /// (also bl, ucode, and fmc on Turin); components not named may be anything.
+    #[arg(long, value_name = "COMPONENTS", value_parser = clap::value_parser!(MinTcb))]
+    pub min_tcb: Option<MinTcb>,
+    /// Highest VMPL allowed (0 is the most privileged level).
+    #[arg(long, value_name = "N")]
+    pub max_vmpl: Option<u32>,
+    /// Refuse a platform with SMT (simultaneous multithreading) enabled.
+    #[arg(long)]
+    pub deny_smt: bool,
+    /// Refuse a guest whose policy allows a migration agent (MIGRATE_MA).
+    #[arg(long)]
+    pub deny_migration_agent: bool,
+}
+
+impl RequirementArgs {
+    pub fn requirements(&self) -> Requirements {
+        Requirements {
+            min_tcb: self.min_tcb,
+            max_vmpl: self.max_vmpl,
+            deny_smt: self.deny_smt,
+            deny_migration_agent: self.deny_migration_agent,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,11 +128,12 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
         trust_root: args.trust_root.clone(),
     }
     .trust_store(None)?;
-    let verification = verify_report(
+    let verification = verify_report_with(
         &loaded.report,
         &chain,
         &trust,
         args.at.unwrap_or_else(now_unix),
+        &args.requirements.requirements(),
     );
     print_verification(&loaded.report, &verification, args.format);
     Ok(exit_code(&verification))

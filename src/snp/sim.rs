@@ -252,16 +252,24 @@ impl Simulated {
         SystemRandom::new()
             .fill(&mut r.report_id)
             .map_err(|_| rng_error())?;
+        self.sign(&mut r)?;
+        Ok(r)
+    }
+
+    /// Signs `report` with this device's VCEK, as the firmware signs: a verifier's negative
+    /// tests use it to build reports whose fields no real firmware would produce but whose
+    /// signature is valid, so that only the check under test can refuse them.
+    pub fn sign(&self, report: &mut AttestationReport) -> Result<()> {
         let sig = self
             .vcek_key
-            .sign(&SystemRandom::new(), &r.signed_bytes())
+            .sign(&SystemRandom::new(), &report.signed_bytes())
             .map_err(|_| self.error("VCEK signing failed"))?;
         let sig: [u8; 96] = sig
             .as_ref()
             .try_into()
             .map_err(|_| self.error("unexpected signature size"))?;
-        r.set_signature_p1363(&sig);
-        Ok(r)
+        report.set_signature_p1363(&sig);
+        Ok(())
     }
 
     fn error(&self, reason: &str) -> Error {

@@ -8,6 +8,15 @@ use crate::snp::cert::{Cert, Role};
 use crate::snp::report::{AttestationReport, SigningKey, SIG_ALGO_ECDSA_P384_SHA384};
 use serde::Serialize;
 
+/// `KEY_INFO` bit 1, MASK_CHIP_KEY (SEV-SNP ABI, ATTESTATION_REPORT): when set, the firmware
+/// writes zeros into SIGNATURE instead of signing. Such a report proves nothing.
+pub const KEY_INFO_MASK_CHIP_KEY: u32 = 1 << 1;
+/// Guest policy bit 18, MIGRATE_MA: the guest may be associated with a migration agent, which
+/// can export its memory.
+pub const POLICY_MIGRATE_MA_BIT: u64 = 1 << 18;
+/// `PLATFORM_INFO` bit 0, SMT_EN: simultaneous multithreading is enabled on the platform.
+pub const PLATFORM_SMT_EN_BIT: u64 = 1;
+
 const EMBEDDED_AMD_BUNDLES: [&str; 3] = [
     include_str!("roots/milan-ask-ark-asvk.pem"),
     include_str!("roots/genoa-ask-ark-asvk.pem"),
@@ -115,6 +124,77 @@ impl Chain {
     }
 }
 
+/// Requirements beyond authenticity that a relying party may put on the platform and the guest.
+/// Each one given adds a check; the default adds none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// Every component of `reported_tcb` at least this.
+    pub min_tcb: Option<MinTcb>,
+    /// The report's VMPL at most this (0 is the most privileged level).
+    pub max_vmpl: Option<u32>,
+    /// Refuse a platform with SMT enabled (`PLATFORM_INFO.SMT_EN`).
+    pub deny_smt: bool,
+    /// Refuse a guest whose policy allows a migration agent (`POLICY.MIGRATE_MA`).
+    pub deny_migration_agent: bool,
+}
+
+/// A minimum TCB, per component (security version numbers), so one value fits every processor
+/// generation: `bootloader=3,tee=0,snp=8,microcode=115` (also `bl`, `ucode`, and `fmc` for Turin).
+/// Components not named must be at least 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinTcb {
+    pub fmc: u8,
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+}
+
+impl std::str::FromStr for MinTcb {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut min = MinTcb::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not component=value"))?;
+            let value: u8 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: the value must be 0 to 255"))?;
+            let slot = match name.trim().to_ascii_lowercase().as_str() {
+                "fmc" => &mut min.fmc,
+                "bl" | "bootloader" => &mut min.bootloader,
+                "tee" => &mut min.tee,
+                "snp" => &mut min.snp,
+                "ucode" | "microcode" => &mut min.microcode,
+                other => {
+                    return Err(format!(
+                        "unknown TCB component {other:?} (bootloader, tee, snp, microcode, fmc)"
+                    ))
+                }
+            };
+            *slot = value;
+        }
+        Ok(min)
+    }
+}
+
+impl std::fmt::Display for MinTcb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bootloader={},tee={},snp={},microcode={}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )?;
+        if self.fmc > 0 {
+            write!(f, ",fmc={}", self.fmc)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Check {
     pub name: &'static str,
@@ -169,6 +249,17 @@ pub fn verify_report(
     trust: &TrustStore,
     now: u64,
 ) -> Verification {
+    verify_report_with(report, chain, trust, now, &Requirements::default())
+}
+
+/// [`verify_report`], plus the checks `requirements` asks for.
+pub fn verify_report_with(
+    report: &AttestationReport,
+    chain: &Chain,
+    trust: &TrustStore,
+    now: u64,
+    requirements: &Requirements,
+) -> Verification {
     let mut v = Verification { checks: Vec::new() };
     let signer = &chain.signer;
 
@@ -179,6 +270,13 @@ pub fn verify_report(
             "report says {}, expected 1 (ECDSA P-384 SHA-384)",
             report.signature_algo
         ),
+    );
+    // With MASK_CHIP_KEY the firmware does not sign at all; say so rather than only report a
+    // bad signature, and never let the bit relax another check.
+    v.record(
+        "report is signed (MASK_CHIP_KEY clear)",
+        report.key_info & KEY_INFO_MASK_CHIP_KEY == 0,
+        "key_info MASK_CHIP_KEY is set: the firmware wrote zeros instead of a signature",
     );
     let expected_role = match report.signing_key() {
         SigningKey::Vcek => Some(Role::Vcek),
@@ -235,7 +333,69 @@ pub fn verify_report(
     );
 
     verify_extensions(&mut v, report, signer);
+    check_requirements(&mut v, report, requirements);
     v
+}
+
+fn check_requirements(v: &mut Verification, report: &AttestationReport, req: &Requirements) {
+    if let Some(min) = &req.min_tcb {
+        let tcb = report.tcb(report.reported_tcb);
+        let fmc = tcb.fmc.unwrap_or_default();
+        let ok = tcb.bootloader >= min.bootloader
+            && tcb.tee >= min.tee
+            && tcb.snp >= min.snp
+            && tcb.microcode >= min.microcode
+            && fmc >= min.fmc;
+        v.record(
+            "minimum TCB",
+            ok,
+            format!(
+                "reported_tcb bootloader={},tee={},snp={},microcode={}{}, required at least {min}",
+                tcb.bootloader,
+                tcb.tee,
+                tcb.snp,
+                tcb.microcode,
+                tcb.fmc.map(|f| format!(",fmc={f}")).unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(max) = req.max_vmpl {
+        v.record(
+            "VMPL",
+            report.vmpl <= max,
+            format!("report VMPL {}, allowed at most {max}", report.vmpl),
+        );
+    }
+    if req.deny_smt {
+        v.record(
+            "SMT disabled",
+            report.platform_info & PLATFORM_SMT_EN_BIT == 0,
+            format!(
+                "platform_info {:#x}: SMT is {}",
+                report.platform_info,
+                if report.platform_info & PLATFORM_SMT_EN_BIT == 0 {
+                    "disabled"
+                } else {
+                    "enabled"
+                }
+            ),
+        );
+    }
+    if req.deny_migration_agent {
+        v.record(
+            "no migration agent",
+            report.policy & POLICY_MIGRATE_MA_BIT == 0,
+            format!(
+                "guest policy {:#x}: a migration agent is {}",
+                report.policy,
+                if report.policy & POLICY_MIGRATE_MA_BIT == 0 {
+                    "not allowed"
+                } else {
+                    "allowed (MIGRATE_MA)"
+                }
+            ),
+        );
+    }
 }
 
 /// Signer ← intermediate ← pinned ARK. Returns the intermediate and ARK that verified.
@@ -335,16 +495,24 @@ fn verify_extensions(v: &mut Verification, report: &AttestationReport, signer: &
             format!("{product_name:?} under a {chain_product:?} chain"),
         );
     }
-    // A VLEK is not bound to one chip, and a guest may ask the firmware to mask the chip id.
-    let chip_masked = report.key_info & 2 != 0;
-    if signer.role() == Role::Vcek && !chip_masked {
+    // A VLEK is not bound to one chip. A VCEK is: its HWID must equal the report's CHIP_ID,
+    // whatever key_info says (MASK_CHIP_KEY concerns the signature, not the chip id).
+    if signer.role() == Role::Vcek {
+        // With MASK_CHIP_ID (set by the host through SNP_CONFIG) the firmware reports CHIP_ID as
+        // zero (SEV-SNP ABI, ATTESTATION_REPORT): nothing then ties the report to the VCEK's
+        // chip, so a VCEK-signed report with a zero chip id cannot be accepted.
+        let masked = report.chip_id.iter().all(|b| *b == 0);
         v.record(
             "chip id equals certificate hwid",
-            ext.hwid.is_some_and(|hwid| hwid == report.chip_id),
-            format!(
-                "report chip_id {}…",
-                hex::encode(report.chip_id.get(..8).unwrap_or_default())
-            ),
+            !masked && ext.hwid.is_some_and(|hwid| hwid == report.chip_id),
+            if masked {
+                "report CHIP_ID is zero (the platform sets MASK_CHIP_ID): it cannot be matched to the VCEK's chip; unmask it or use a VLEK".to_owned()
+            } else {
+                format!(
+                    "report chip_id {}…",
+                    hex::encode(report.chip_id.get(..8).unwrap_or_default())
+                )
+            },
         );
     }
 }
