@@ -654,14 +654,22 @@ fn attestation_agent_rpcs() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().contains("maa"));
+        assert!(status.message().contains("KBS"), "{status:?}");
+        let status = client
+            .get_token(aa::GetTokenRequest {
+                token_type: "coco_as".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("maa"), "{status:?}");
 
         let tee = client
             .get_tee_type(aa::GetTeeTypeRequest {})
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(tee.tee, "sample");
+        assert_eq!(tee.tee, "snp", "the simulator's evidence is SNP evidence");
         let tees = client
             .get_additional_tees(aa::GetAdditionalTeesRequest {})
             .await
@@ -698,24 +706,38 @@ fn attestation_agent_rpcs() {
             })
             .await
             .unwrap();
-        let mut wrong = host_data.clone();
-        wrong[0] ^= 1;
-        let status = client
-            .bind_init_data(aa::BindInitDataRequest { digest: wrong })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied);
-        let status = client
+        // The initdata rule: SHA-384/512 digests are cut to HOST_DATA's 32 bytes, so only
+        // their first 32 bytes count; a shorter digest is zero-padded.
+        for len in [48, 64] {
+            let mut digest = host_data.clone();
+            digest.resize(len, 0xa5);
+            client
+                .bind_init_data(aa::BindInitDataRequest { digest })
+                .await
+                .unwrap_or_else(|e| panic!("{len}-byte digest: {e:?}"));
+        }
+        for len in [32, 48, 64] {
+            let mut wrong = host_data.clone();
+            wrong.resize(len, 0);
+            wrong[31] ^= 1;
+            let status = client
+                .bind_init_data(aa::BindInitDataRequest { digest: wrong })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::PermissionDenied, "{len}");
+        }
+        let short = client
             .bind_init_data(aa::BindInitDataRequest {
                 digest: host_data[..31].to_vec(),
             })
+            .await;
+        // host_data[..31] zero-padded equals HOST_DATA exactly when its last byte is zero.
+        assert_eq!(short.is_ok(), host_data[31] == 0, "{short:?}");
+        let status = client
+            .bind_init_data(aa::BindInitDataRequest { digest: vec![] })
             .await
             .unwrap_err();
-        assert_eq!(
-            status.code(),
-            Code::InvalidArgument,
-            "a short digest is never padded"
-        );
+        assert_eq!(status.code(), Code::InvalidArgument);
     });
 }
 

@@ -3,33 +3,71 @@
 use super::{rpc, Backend, ServiceError};
 use crate::proto::attestation_agent as pb;
 use crate::snp::evidence::coco_report_data;
+use crate::snp::initdata::host_data_for;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct Agent(pub Arc<Backend>);
 
-/// The token types GetToken serves.
-const TOKEN_TYPES: [&str; 1] = ["maa"];
+/// The token types GetToken serves: `kbs` (upstream's, from the configured Trustee KBS) and
+/// `maa` (aasp's extension: an MAA JWT for the report).
+const TOKEN_TYPES: [&str; 2] = ["kbs", "maa"];
 
-async fn bind_init_data(
+/// What GetTeeType answers. The simulator says `snp` too: its evidence is SNP evidence, and a
+/// verifier told `sample` would parse it as upstream's sample attester's document and fail.
+pub const TEE_TYPE: &str = "snp";
+
+/// Checks an init-data digest against HOST_DATA under the initdata rule (a SHA-384/512 digest
+/// is cut to HOST_DATA's 32 bytes, a shorter one zero-padded: kata-types `adjust_digest`, the
+/// upstream SNP attester's `bind_init_data`), in constant time. Shared by BindInitData and the
+/// attestation-agent personality's `--initdata-toml` check.
+pub async fn bind_init_data(
     backend: &Backend,
     digest: &[u8],
 ) -> Result<pb::BindInitDataResponse, ServiceError> {
-    // Never pad or cut a digest to fit: a wrong length is a wrong digest.
-    if digest.len() != 32 {
-        return Err(ServiceError::invalid(format!(
-            "Digest must be 32 bytes (SHA-256 of the init data), got {}",
-            digest.len()
-        )));
+    // Upstream would pad an empty digest to zeros and match a launch without init-data; an
+    // empty digest binds nothing, so it is refused instead.
+    if digest.is_empty() {
+        return Err(ServiceError::invalid(
+            "Digest is empty; it is the init-data digest (SHA-256, -384 or -512)",
+        ));
     }
+    let expected = host_data_for(digest);
     let (report, _) =
         crate::snp::attester::fetch_report(backend.provisioner.attester(), [0u8; 64]).await?;
-    aws_lc_rs::constant_time::verify_slices_are_equal(digest, &report.host_data).map_err(|_| {
-        ServiceError::PermissionDenied(
-            "the init-data digest does not equal the report's HOST_DATA".into(),
-        )
-    })?;
+    aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &report.host_data).map_err(
+        |_| {
+            ServiceError::PermissionDenied(
+                "the init-data digest does not match the report's HOST_DATA".into(),
+            )
+        },
+    )?;
     Ok(pb::BindInitDataResponse {})
+}
+
+/// GetToken("kbs"): `{"token": JWT, "tee_keypair": PEM}` from the configured Trustee KBS, as
+/// upstream's KBS token getter answers. The KBS backend plugs in here, and only here.
+async fn kbs_token(_backend: &Backend) -> Result<Vec<u8>, ServiceError> {
+    Err(ServiceError::invalid(
+        "token type \"kbs\" needs a Trustee KBS, and none is configured in this aasp",
+    ))
+}
+
+async fn get_token(backend: &Backend, token_type: &str) -> Result<Vec<u8>, ServiceError> {
+    match token_type {
+        "kbs" => kbs_token(backend).await,
+        // An empty type keeps the MAA token older aasp clients asked for without one.
+        "maa" | "" => {
+            let token = backend
+                .provisioner
+                .token_for(backend.default_maa()?, b"{}")
+                .await?;
+            Ok(token.jwt.expose().as_bytes().to_vec())
+        }
+        other => Err(ServiceError::invalid(format!(
+            "token type {other:?} is not supported; supported: {TOKEN_TYPES:?}"
+        ))),
+    }
 }
 
 #[tonic::async_trait]
@@ -72,19 +110,8 @@ impl pb::attestation_agent_service_server::AttestationAgentService for Agent {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::GetTokenResponse>, Status> {
         rpc("attestation_agent/GetToken", async {
-            let token_type = request.get_ref().token_type.as_str();
-            if !(token_type.is_empty() || TOKEN_TYPES.contains(&token_type)) {
-                return Err(ServiceError::invalid(format!(
-                    "token type {token_type:?} is not supported; supported: {TOKEN_TYPES:?}"
-                )));
-            }
-            let token = self
-                .0
-                .provisioner
-                .token_for(self.0.default_maa()?, b"{}")
-                .await?;
             Ok(pb::GetTokenResponse {
-                token: token.jwt.expose().as_bytes().to_vec(),
+                token: get_token(&self.0, &request.get_ref().token_type).await?,
             })
         })
         .await
@@ -119,7 +146,7 @@ impl pb::attestation_agent_service_server::AttestationAgentService for Agent {
     ) -> Result<Response<pb::GetTeeTypeResponse>, Status> {
         rpc("attestation_agent/GetTeeType", async {
             Ok(pb::GetTeeTypeResponse {
-                tee: self.0.tee_type().into(),
+                tee: TEE_TYPE.into(),
             })
         })
         .await

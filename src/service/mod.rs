@@ -39,14 +39,6 @@ impl Backend {
             .as_deref()
             .ok_or_else(|| ServiceError::invalid("no MAA endpoint is configured (--maa-endpoint)"))
     }
-
-    fn tee_type(&self) -> &'static str {
-        if self.provisioner.attester().name() == "sim" {
-            "sample"
-        } else {
-            "snp"
-        }
-    }
 }
 
 /// No RPC runs longer than this (nor past the caller's `grpc-timeout`): upstream retries are

@@ -12,6 +12,7 @@ pub mod chain;
 mod codec;
 pub mod device;
 pub mod evidence;
+pub mod initdata;
 pub mod report;
 pub mod sim;
 pub mod verify;

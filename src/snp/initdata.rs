@@ -1,0 +1,98 @@
+//! Confidential Containers init-data: the TOML document a pod carries, and the digest of it
+//! that the host puts into SNP's HOST_DATA at launch.
+//!
+//! The document is `version = "0.1.0"`, `algorithm = "sha256" | "sha384" | "sha512"` and a
+//! `[data]` table of strings; its digest is that algorithm over the file's exact bytes
+//! (guest-components `attestation-agent/src/initdata.rs`). HOST_DATA holds 32 bytes, so the
+//! initdata rule fits any digest to it: longer digests are cut to their first 32 bytes, shorter
+//! ones zero-padded (kata-types `initdata.rs` `adjust_digest`, the SNP attester's `pad`).
+
+use serde::Deserialize;
+use sha2::Digest;
+use std::collections::HashMap;
+
+/// SNP's HOST_DATA size.
+pub const HOST_DATA_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InitdataError {
+    #[error("the init-data TOML does not parse: {0}")]
+    Toml(String),
+    #[error("init-data algorithm {0:?} is not one of sha256, sha384, sha512")]
+    Algorithm(String),
+}
+
+#[derive(Deserialize)]
+struct Document {
+    #[allow(dead_code)] // Required by the format; no version changes the digest.
+    version: String,
+    algorithm: String,
+    #[allow(dead_code)]
+    // Its content is the consumers' (AA, CDH, policy); only its bytes count here.
+    data: HashMap<String, String>,
+}
+
+/// The digest of an init-data document: its `algorithm` over the text exactly as given.
+pub fn digest(toml_text: &str) -> Result<Vec<u8>, InitdataError> {
+    let document: Document =
+        toml::from_str(toml_text).map_err(|e| InitdataError::Toml(e.to_string()))?;
+    let bytes = toml_text.as_bytes();
+    match document.algorithm.as_str() {
+        "sha256" => Ok(sha2::Sha256::digest(bytes).to_vec()),
+        "sha384" => Ok(sha2::Sha384::digest(bytes).to_vec()),
+        "sha512" => Ok(sha2::Sha512::digest(bytes).to_vec()),
+        other => Err(InitdataError::Algorithm(other.to_owned())),
+    }
+}
+
+/// The HOST_DATA a digest stands for under the initdata rule: the first 32 bytes of a longer
+/// digest (SHA-384, SHA-512), a shorter one zero-padded.
+pub fn host_data_for(digest: &[u8]) -> [u8; HOST_DATA_LEN] {
+    let mut host_data = [0u8; HOST_DATA_LEN];
+    for (dst, src) in host_data.iter_mut().zip(digest) {
+        *dst = *src;
+    }
+    host_data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://kbs\"\n'''\n";
+
+    #[test]
+    fn digest_is_the_algorithm_over_the_exact_text() {
+        assert_eq!(
+            digest(DOC).unwrap(),
+            sha2::Sha384::digest(DOC.as_bytes()).to_vec()
+        );
+        let sha256 = DOC.replace("sha384", "sha256");
+        assert_eq!(digest(&sha256).unwrap().len(), 32);
+        let sha512 = DOC.replace("sha384", "sha512");
+        assert_eq!(digest(&sha512).unwrap().len(), 64);
+        // A byte more (even whitespace) is another document.
+        assert_ne!(digest(&format!("{DOC}\n")).unwrap(), digest(DOC).unwrap());
+        assert_eq!(
+            digest(&DOC.replace("sha384", "md5")),
+            Err(InitdataError::Algorithm("md5".into()))
+        );
+        assert!(matches!(digest("not toml ["), Err(InitdataError::Toml(_))));
+        assert!(matches!(
+            digest("algorithm = \"sha256\""),
+            Err(InitdataError::Toml(_))
+        ));
+    }
+
+    #[test]
+    fn host_data_rule_per_length() {
+        let d: Vec<u8> = (1..=64).collect();
+        // 32: as is. 48 and 64: the first 32 bytes. Shorter: zero-padded.
+        assert_eq!(host_data_for(&d[..32]).as_slice(), &d[..32]);
+        assert_eq!(host_data_for(&d[..48]).as_slice(), &d[..32]);
+        assert_eq!(host_data_for(&d).as_slice(), &d[..32]);
+        let mut padded = [0u8; 32];
+        padded[..20].copy_from_slice(&d[..20]);
+        assert_eq!(host_data_for(&d[..20]), padded);
+    }
+}
