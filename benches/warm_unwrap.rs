@@ -16,11 +16,11 @@
 //! at most 1.2.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use aasp::azure::kms::KeyUrl;
 use aasp::cli::dev::{self, DEMO_RSA_KEY};
 use aasp::proto::keyprovider::key_provider_service_client::KeyProviderServiceClient as Client;
 use aasp::proto::keyprovider::{HelloRequest, KeyProviderKeyWrapProtocolInput};
 use aasp::provision::layer::{unwrap_with, AnnotationPacket};
+use aasp::provision::KeyRef;
 use aasp::provision::ReleasedKey;
 use aasp::service::Listen;
 use aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256;
@@ -109,10 +109,16 @@ impl Fixture {
         let packet_json: Vec<u8> = serde_json::from_value(annotation).unwrap();
         let packet: AnnotationPacket = serde_json::from_slice(&packet_json).unwrap();
         let released = runtime
-            .block_on(stack.backend.provisioner.release(
-                &KeyUrl::new(&packet.kms_endpoint, DEMO_RSA_KEY),
-                &packet.attester_endpoint,
-            ))
+            .block_on(
+                stack.backend.provisioner.release(
+                    &KeyRef::azure(
+                        &packet.kms_endpoint,
+                        DEMO_RSA_KEY,
+                        &packet.attester_endpoint,
+                    )
+                    .unwrap(),
+                ),
+            )
             .unwrap();
         let ciphertext = STANDARD.decode(&packet.wrapped_data).unwrap();
         Fixture {

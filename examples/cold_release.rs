@@ -12,8 +12,8 @@
 //! that code; CPU time is `CLOCK_PROCESS_CPUTIME_ID`, so work on the blocking pool (the report
 //! signature) counts as ours.
 
-use aasp::azure::kms::KeyUrl;
 use aasp::cli::serve::BackendArgs;
+use aasp::provision::KeyRef;
 use clap::Parser;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -158,8 +158,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let key = KeyUrl::new(&emulator_url, aasp::cli::dev::DEMO_RSA_KEY);
     let maa = emulator_url.trim_start_matches("https://").to_owned();
+    let key = KeyRef::azure(&emulator_url, aasp::cli::dev::DEMO_RSA_KEY, &maa)?;
     let mut backend_args = BackendArgs::for_emulator(&emulator_url, &ca, state.path(), None);
     backend_args.transfer_key_rotation = 0;
     runtime.block_on(async {
@@ -167,7 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let backend = backend_args.build()?;
             // A running server generated its transfer key at start-up, long before this.
             backend.provisioner.transfer_key_ready().await?;
-            backend.provisioner.release(&key, &maa).await?;
+            backend.provisioner.release(&key).await?;
             drop(backend);
             // Let the old connections close now rather than inside the next round's first step.
             tokio::time::sleep(Duration::from_millis(20)).await;

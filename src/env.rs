@@ -56,3 +56,7 @@ pub const AASP_LOG_FORMAT: &str = "AASP_LOG_FORMAT";
 pub const AASP_TRANSFER_KEY_ROTATION: &str = "AASP_TRANSFER_KEY_ROTATION";
 /// `--allow-core-dumps`: keep the process dumpable (core dumps, ptrace attach) for debugging.
 pub const AASP_ALLOW_CORE_DUMPS: &str = "AASP_ALLOW_CORE_DUMPS";
+/// `--allow-kms-host`: extra Managed HSM / Key Vault host patterns, comma-separated.
+pub const AASP_ALLOW_KMS_HOST: &str = "AASP_ALLOW_KMS_HOST";
+/// `--allow-maa-host`: extra MAA host patterns, comma-separated.
+pub const AASP_ALLOW_MAA_HOST: &str = "AASP_ALLOW_MAA_HOST";

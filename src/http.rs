@@ -1,5 +1,6 @@
 //! The one way aasp builds outbound HTTP clients: rustls only, TLS verification always on, an
-//! extra trusted CA only from an explicit file, bounded timeouts.
+//! extra trusted CA only from an explicit file, bounded timeouts; and the one parser of the
+//! backend endpoints requests name (`Endpoint`: an https origin, nothing else).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -178,4 +179,218 @@ fn transport_reason(e: &reqwest::Error) -> String {
         source = s.source();
     }
     reason
+}
+
+/// Longest endpoint text parsed (a DNS name is at most 253 bytes; the rest is scheme and port).
+const MAX_ENDPOINT_LEN: usize = 300;
+
+/// Caller text quoted in an error, cut short: requests must not make errors (and the logs and
+/// statuses that carry them) as large as they like.
+pub fn quoted(text: &str) -> String {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!(
+            "{:?}… ({} bytes)",
+            text.get(..cut).unwrap_or_default(),
+            text.len()
+        ),
+        None => format!("{text:?}"),
+    }
+}
+
+/// Why a text is not a usable endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("endpoint {shown}: {reason}")]
+pub struct EndpointError {
+    shown: String,
+    reason: &'static str,
+}
+
+/// A backend endpoint: an https origin (`https://host[:port]`), parsed with the `url` crate.
+/// No user information (`https://a.example:1@b.example` connects to b.example, whatever a
+/// string split says), no path, query or fragment; IPv6 literals in brackets. The host is
+/// lower-case and the port absent when it is https's default, so two spellings of one origin
+/// compare equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    host: String,
+    port: Option<u16>,
+}
+
+impl Endpoint {
+    /// Parses `host`, `host:port`, `[v6]:port` or `https://host[:port][/]`.
+    pub fn parse(text: &str) -> Result<Self, EndpointError> {
+        let (endpoint, rest) = Self::parse_url(text)?;
+        if !matches!(rest.path(), "" | "/") {
+            return Err(endpoint_error(text, "a path is not allowed here"));
+        }
+        if rest.query().is_some() {
+            return Err(endpoint_error(text, "a query is not allowed here"));
+        }
+        Ok(endpoint)
+    }
+
+    /// Parses a URL whose origin is an endpoint and whose path and query the caller interprets
+    /// (a key URL, a resource URI): the origin, and the URL for the rest. No fragment, no user
+    /// information, https only.
+    pub fn parse_url(text: &str) -> Result<(Self, url::Url), EndpointError> {
+        let text_trimmed = text.trim();
+        if text_trimmed.is_empty() {
+            return Err(endpoint_error(text, "it is empty"));
+        }
+        if text_trimmed.len() > MAX_ENDPOINT_LEN {
+            return Err(endpoint_error(text, "it is too long"));
+        }
+        let with_scheme = if text_trimmed.contains("://") {
+            text_trimmed.to_owned()
+        } else {
+            format!("https://{text_trimmed}")
+        };
+        let url = url::Url::parse(&with_scheme)
+            .map_err(|_| endpoint_error(text, "it is not a host[:port] or an https:// URL"))?;
+        if url.scheme() != "https" {
+            return Err(endpoint_error(
+                text,
+                "only https:// is allowed (tokens and keys travel on this connection)",
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(endpoint_error(
+                text,
+                "user information (user@ before the host) is not allowed",
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(endpoint_error(text, "a fragment (#) is not allowed"));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            _ => return Err(endpoint_error(text, "it names no host")),
+        };
+        let port = url.port();
+        Ok((Endpoint { host, port }, url))
+    }
+
+    /// The host as connected to: a lower-case DNS name, an IPv4 address or `[IPv6]`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The host as a certificate names it: IPv6 without brackets.
+    pub fn server_name(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The port connected to (443 unless given).
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(443)
+    }
+
+    /// `host` or `host:port` (non-default port), the form allow-list options take.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// `https://host[:port]`, no trailing slash.
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.authority())
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.origin())
+    }
+}
+
+fn endpoint_error(text: &str, reason: &'static str) -> EndpointError {
+    EndpointError {
+        shown: quoted(text),
+        reason,
+    }
+}
+
+/// Reads a response body into a buffer that is zeroized on drop (tokens travel in these
+/// bodies), refusing bodies over `limit` bytes.
+pub async fn read_body_zeroizing(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let mut body = zeroize::Zeroizing::new(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_reason(&e))? {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(format!("the response is larger than {limit} bytes"));
+        }
+        // Grown by hand: a Vec that reallocates leaves its old copy behind, unzeroized.
+        if body.capacity() < body.len() + chunk.len() {
+            let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
+                (body.len() + chunk.len())
+                    .max(body.capacity() * 2)
+                    .min(limit),
+            ));
+            bigger.extend_from_slice(&body);
+            body = bigger;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_to_the_host_connected_to() {
+        let ok = |text: &str| Endpoint::parse(text).unwrap();
+        assert_eq!(
+            ok("kv.vault.azure.net").origin(),
+            "https://kv.vault.azure.net"
+        );
+        assert_eq!(
+            ok("https://KV.Vault.Azure.NET/").host(),
+            "kv.vault.azure.net"
+        );
+        assert_eq!(
+            ok("https://kv.vault.azure.net:443"),
+            ok("kv.vault.azure.net")
+        );
+        assert_eq!(ok("127.0.0.1:18443").authority(), "127.0.0.1:18443");
+        let v6 = ok("[::1]:8443");
+        assert_eq!(
+            (v6.host(), v6.server_name(), v6.port()),
+            ("[::1]", "::1", 8443)
+        );
+        assert_eq!(v6.origin(), "https://[::1]:8443");
+        // The regression: a string split took "victim.example" for the host; the connection
+        // goes to 127.0.0.1.
+        let err = Endpoint::parse("https://victim.example:1@127.0.0.1:18443").unwrap_err();
+        assert!(err.to_string().contains("user information"), "{err}");
+        for (bad, why) in [
+            ("http://kv.vault.azure.net", "only https"),
+            ("ftp://kv.vault.azure.net", "only https"),
+            ("https://kv.vault.azure.net/keys/k", "path"),
+            ("https://kv.vault.azure.net/?x=1", "query"),
+            ("https://kv.vault.azure.net#f", "fragment"),
+            ("user@kv.vault.azure.net", "user information"),
+            ("", "empty"),
+            ("https://", "host"),
+            ("kv.vault.azure.net:99999", "host[:port]"),
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let long = "a".repeat(100_000);
+        let err = Endpoint::parse(&long).unwrap_err().to_string();
+        assert!(
+            err.len() < 200,
+            "the error echoes a bounded part: {}",
+            err.len()
+        );
+    }
 }

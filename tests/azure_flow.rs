@@ -84,6 +84,8 @@ async fn stack_with(sim: SimOptions, config: impl FnOnce(&mut emulator::Config))
         http: client.clone(),
         retry: fast_retry(),
         cache_ttl: std::time::Duration::from_secs(300),
+        allow: aasp::provision::allow::AllowList::with(&[emulator.host()], &[emulator.host()])
+            .unwrap(),
     })
     .unwrap();
     let kms = KmsClient::new(client.clone(), anchors, fast_retry());
@@ -124,7 +126,11 @@ impl Stack {
     }
 
     fn key(&self, name: &str) -> KeyUrl {
-        KeyUrl::new(&self.emulator.url, name)
+        KeyUrl::new(&self.emulator.url, name).unwrap()
+    }
+
+    fn key_ref(&self, name: &str) -> aasp::provision::KeyRef {
+        aasp::provision::KeyRef::from_key_url(self.key(name), &self.emulator.host()).unwrap()
     }
 
     fn policy(&self) -> ReleasePolicy {
@@ -142,9 +148,7 @@ impl Stack {
         &self,
         name: &str,
     ) -> Result<Arc<aasp::provision::ReleasedKey>, aasp::provision::Error> {
-        self.provisioner
-            .release(&self.key(name), &self.emulator.host())
-            .await
+        self.provisioner.release(&self.key_ref(name)).await
     }
 }
 
@@ -457,6 +461,7 @@ async fn refuses_a_forged_token_and_a_missing_bearer() {
     let tk = aasp::azure::ckm::TransferKey::generate().unwrap();
     let evidence = s.provisioner.evidence(&tk.runtime_data()).await.unwrap();
     let token = MaaClient::new(s.client.clone(), &s.emulator.host(), fast_retry())
+        .unwrap()
         .attest(&evidence, &tk.runtime_data())
         .await
         .unwrap();
@@ -496,6 +501,7 @@ async fn tampered_release_responses_are_refused() {
     let tk = aasp::azure::ckm::TransferKey::generate().unwrap();
     let evidence = s.provisioner.evidence(&tk.runtime_data()).await.unwrap();
     let token = MaaClient::new(s.client.clone(), &s.emulator.host(), fast_retry())
+        .unwrap()
         .attest(&evidence, &tk.runtime_data())
         .await
         .unwrap();
@@ -550,7 +556,7 @@ async fn tampered_release_responses_are_refused() {
 #[tokio::test]
 async fn real_hardware_evidence_passes_the_chain_checks_and_fails_only_on_report_data() {
     let s = stack().await;
-    let maa = MaaClient::new(s.client.clone(), &s.emulator.host(), fast_retry());
+    let maa = MaaClient::new(s.client.clone(), &s.emulator.host(), fast_retry()).unwrap();
     for name in [
         "milan-go-sev-guest",
         "milan-trustee",
@@ -584,13 +590,12 @@ async fn real_hardware_evidence_passes_the_chain_checks_and_fails_only_on_report
 async fn concurrent_releases_of_one_key_share_one_flight() {
     let s = stack().await;
     s.import("shared", &Jwk::oct(&[4; 32]), &s.policy()).await;
-    let key = s.key("shared");
+    let key = s.key_ref("shared");
     let tasks: Vec<_> = (0..32)
         .map(|_| {
             let p = Arc::clone(&s.provisioner);
             let key = key.clone();
-            let maa = s.emulator.host();
-            tokio::spawn(async move { p.release(&key, &maa).await.map(|r| r.jwk.k.clone()) })
+            tokio::spawn(async move { p.release(&key).await.map(|r| r.jwk.k.clone()) })
         })
         .collect();
     for task in tasks {
@@ -604,7 +609,7 @@ async fn concurrent_releases_of_one_key_share_one_flight() {
 async fn maa_tokens_verify_against_the_published_keys() {
     let s = stack().await;
     let tk = aasp::azure::ckm::TransferKey::generate().unwrap();
-    let maa = MaaClient::new(s.client.clone(), &s.emulator.host(), fast_retry());
+    let maa = MaaClient::new(s.client.clone(), &s.emulator.host(), fast_retry()).unwrap();
     let token = maa
         .attest(
             &s.provisioner.evidence(&tk.runtime_data()).await.unwrap(),
@@ -715,4 +720,41 @@ async fn releases_keep_working_across_a_transfer_key_rotation() {
         2,
         "a token bound to the old transfer key is not reused"
     );
+}
+
+/// Issue 11 item 4: after the KMS refuses the access token (401), the MAA token is fetched again
+/// once and the access token file read again; a rotated file is used without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_access_token_is_refetched_and_a_rotated_token_file_is_used() {
+    use std::sync::atomic::Ordering;
+    let s = stack().await;
+    s.import("rotated", &Jwk::oct(&[6; 32]), &s.policy()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "a-token-the-kms-never-issued\n").unwrap();
+    let mut args = aasp::cli::serve::BackendArgs::for_emulator(
+        &s.emulator.url,
+        &s.emulator.ca_path,
+        &common::sim_state_dir(),
+        None,
+    );
+    args.access_token_file = Some(file.clone());
+    args.transfer_key_rotation = 0;
+    let backend = args.build().unwrap();
+    let p = &backend.provisioner;
+    let key = aasp::provision::KeyRef::from_key_url(s.key("rotated"), &s.emulator.host()).unwrap();
+    let err = p.release(&key).await.unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+    assert_eq!(
+        (
+            p.counters.maa_calls.load(Ordering::SeqCst),
+            p.counters.release_calls.load(Ordering::SeqCst)
+        ),
+        (2, 2),
+        "after the 401 the MAA token is fetched again, once, and the release tried once more"
+    );
+    std::fs::write(&file, format!("{}\n", s.access().await.expose())).unwrap();
+    let released = p.release(&key).await.unwrap();
+    assert_eq!(released.jwk.k, Jwk::oct(&[6; 32]).k);
+    assert_eq!(p.counters.maa_calls.load(Ordering::SeqCst), 2);
 }

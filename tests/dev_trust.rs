@@ -8,8 +8,8 @@
     clippy::indexing_slicing
 )]
 
-use aasp::azure::kms::KeyUrl;
 use aasp::cli::dev::{start_with, EmulatorOptions, DEMO_OCT_KEY};
+use aasp::provision::KeyRef;
 use aasp::service::Listen;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -32,13 +32,8 @@ async fn demo_keys_release_only_to_accepted_measurements() {
     )
     .await
     .unwrap();
-    let key = KeyUrl::new(&stack.emulator.url, DEMO_OCT_KEY);
-    stack
-        .backend
-        .provisioner
-        .release(&key, &stack.emulator.host())
-        .await
-        .unwrap();
+    let key = KeyRef::azure(&stack.emulator.url, DEMO_OCT_KEY, &stack.emulator.host()).unwrap();
+    stack.backend.provisioner.release(&key).await.unwrap();
     stack
         .server
         .shutdown(std::time::Duration::from_secs(1))
@@ -58,11 +53,11 @@ async fn demo_keys_release_only_to_accepted_measurements() {
     )
     .await
     .unwrap();
-    let key = KeyUrl::new(&stack.emulator.url, DEMO_OCT_KEY);
+    let key = KeyRef::azure(&stack.emulator.url, DEMO_OCT_KEY, &stack.emulator.host()).unwrap();
     let err = stack
         .backend
         .provisioner
-        .release(&key, &stack.emulator.host())
+        .release(&key)
         .await
         .expect_err("a guest MAA does not vouch for must get no key")
         .to_string();

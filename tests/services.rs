@@ -806,7 +806,7 @@ fn a_key_bound_to_another_workload_is_permission_denied() {
             &"11".repeat(32),
             &[],
         );
-        let key = aasp::azure::kms::KeyUrl::new(&s.stack.emulator.url, "foreign");
+        let key = aasp::azure::kms::KeyUrl::new(&s.stack.emulator.url, "foreign").unwrap();
         kms.import(
             &key,
             &aasp::azure::jwk::Jwk::oct(&[3; 32]),

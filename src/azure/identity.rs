@@ -1,14 +1,15 @@
 //! Access tokens for Key Vault / Managed HSM: IMDS managed identity, AKS workload identity
 //! (federated token file → Entra token endpoint), or a token given explicitly. Tokens are cached
-//! per resource until shortly before they expire.
+//! per resource until shortly before they expire, and dropped when the KMS refuses them.
 
 use crate::azure::{status_error, Error, Result, Secret};
-use crate::http::{send_with_retry, RetryPolicy};
+use crate::http::{read_body_zeroizing, send_with_retry, RetryPolicy};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+use zeroize::Zeroizing;
 
 pub const DEFAULT_IMDS_BASE: &str = "http://169.254.169.254";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
@@ -16,6 +17,8 @@ pub const MHSM_RESOURCE: &str = "https://managedhsm.azure.net";
 pub const VAULT_RESOURCE: &str = "https://vault.azure.net";
 /// Tokens are refreshed this long before they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
+/// Token responses are a few kilobytes.
+const MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub enum IdentitySource {
@@ -33,6 +36,9 @@ pub enum IdentitySource {
     },
     /// A token obtained elsewhere.
     Static(Secret),
+    /// A token in a file that something else keeps fresh: read again for every token, so a
+    /// rotated token is used without a restart.
+    TokenFile(PathBuf),
 }
 
 impl IdentitySource {
@@ -65,13 +71,15 @@ impl IdentitySource {
                 format!("workload identity via {authority_host}")
             }
             IdentitySource::Static(_) => "explicit access token".into(),
+            IdentitySource::TokenFile(path) => format!("access token file {}", path.display()),
         }
     }
 }
 
-/// The resource whose token a KMS host needs.
+/// The resource whose token a KMS host needs: Key Vault's for `*.vault.azure.net`, Managed
+/// HSM's otherwise (the emulator plays a Managed HSM).
 pub fn resource_for_host(host: &str) -> &'static str {
-    if host.ends_with(".vault.azure.net") {
+    if host.to_ascii_lowercase().ends_with(".vault.azure.net") {
         VAULT_RESOURCE
     } else {
         MHSM_RESOURCE
@@ -101,8 +109,10 @@ impl IdentityProvider {
 
     /// A token for `resource`, from the cache while it is fresh.
     pub async fn token(&self, resource: &str) -> Result<Secret> {
-        if let IdentitySource::Static(token) = &self.source {
-            return Ok(token.clone());
+        match &self.source {
+            IdentitySource::Static(token) => return Ok(token.clone()),
+            IdentitySource::TokenFile(path) => return read_token_file(path),
+            _ => {}
         }
         let mut cache = self.cache.lock().await;
         if let Some((token, refresh_at)) = cache.get(resource) {
@@ -119,25 +129,30 @@ impl IdentityProvider {
         Ok(token)
     }
 
+    /// Drops the cached token for `resource` (the KMS refused it: revoked, or its roles changed).
+    pub async fn forget(&self, resource: &str) {
+        self.cache.lock().await.remove(resource);
+    }
+
     async fn fetch(&self, resource: &str) -> Result<(Secret, Duration)> {
         match &self.source {
             IdentitySource::Static(token) => Ok((token.clone(), Duration::from_secs(3600))),
+            IdentitySource::TokenFile(path) => Ok((read_token_file(path)?, Duration::ZERO)),
             IdentitySource::Imds { base, client_id } => {
                 let base = base.trim_end_matches('/');
                 let mut query = vec![("api-version", "2018-02-01"), ("resource", resource)];
                 if let Some(id) = client_id {
                     query.push(("client_id", id));
                 }
-                let url = format!(
-                    "{base}/metadata/identity/oauth2/token?{}",
-                    url_encode_form(&query)
-                );
+                let path = format!("{base}/metadata/identity/oauth2/token");
+                let url = format!("{path}?{}", url_encode_form(&query));
                 let response = send_with_retry(
                     || self.client.get(&url).header("Metadata", "true"),
                     &self.retry,
                 )
                 .await?;
-                token_response(response, "IMDS", &url).await
+                // Errors name the path only: the query carries the client id.
+                token_response(response, "IMDS", &path).await
             }
             IdentitySource::WorkloadIdentity {
                 authority_host,
@@ -145,12 +160,13 @@ impl IdentityProvider {
                 client_id,
                 token_file,
             } => {
-                let assertion = std::fs::read_to_string(token_file).map_err(|e| {
-                    Error::Identity(format!(
-                        "federated token file {}: {e}",
-                        token_file.display()
-                    ))
-                })?;
+                let assertion =
+                    Zeroizing::new(std::fs::read_to_string(token_file).map_err(|e| {
+                        Error::Identity(format!(
+                            "federated token file {}: {e}",
+                            token_file.display()
+                        ))
+                    })?);
                 let url = format!(
                     "{}/{tenant_id}/oauth2/v2.0/token",
                     authority_host.trim_end_matches('/')
@@ -166,13 +182,13 @@ impl IdentityProvider {
                     ("client_assertion", assertion.trim()),
                     ("scope", scope.as_str()),
                 ];
-                let body = url_encode_form(&form);
+                let body = Zeroizing::new(url_encode_form(&form));
                 let response = send_with_retry(
                     || {
                         self.client
                             .post(&url)
                             .header("Content-Type", "application/x-www-form-urlencoded")
-                            .body(body.clone())
+                            .body(body.as_bytes().to_vec())
                     },
                     &self.retry,
                 )
@@ -189,38 +205,125 @@ fn url_encode_form(pairs: &[(&str, &str)]) -> String {
         .finish()
 }
 
-/// `{"access_token", "expires_in"}`; IMDS sends numbers as strings, Entra as numbers.
+/// The access token in `path`, trimmed; read into buffers that are zeroized.
+fn read_token_file(path: &std::path::Path) -> Result<Secret> {
+    let raw = Zeroizing::new(
+        std::fs::read(path)
+            .map_err(|e| Error::Identity(format!("access token file {}: {e}", path.display())))?,
+    );
+    let text = std::str::from_utf8(&raw).map_err(|_| {
+        Error::Identity(format!("access token file {} is not text", path.display()))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::Identity(format!(
+            "access token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(token.to_owned()))
+}
+
+#[derive(serde::Deserialize)]
+struct TokenBody {
+    access_token: Secret,
+    #[serde(default)]
+    expires_in: Option<Value>,
+}
+
+/// `{"access_token", "expires_in"}`; IMDS sends numbers as strings, Entra as numbers. The body
+/// is read into a zeroizing buffer and the token straight into a `Secret`.
 async fn token_response(
     response: reqwest::Response,
     service: &'static str,
     url: &str,
 ) -> Result<(Secret, Duration)> {
     let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(status_error(service, url, status, &text));
-    }
-    let body: Value = serde_json::from_str(&text).map_err(|_| Error::BadResponse {
-        service,
-        url: url.to_owned(),
-        reason: "not JSON".into(),
-    })?;
-    let token = body
-        .get("access_token")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::BadResponse {
+    let body = read_body_zeroizing(response, MAX_BODY)
+        .await
+        .map_err(|reason| Error::BadResponse {
             service,
             url: url.to_owned(),
-            reason: "no access_token".into(),
+            reason,
         })?;
-    let expires_in = match body.get("expires_in") {
+    if !status.is_success() {
+        return Err(status_error(
+            service,
+            url,
+            status,
+            &String::from_utf8_lossy(&body),
+        ));
+    }
+    let body: TokenBody = serde_json::from_slice(&body).map_err(|_| Error::BadResponse {
+        service,
+        url: url.to_owned(),
+        reason: "not JSON with an access_token".into(),
+    })?;
+    let expires_in = match body.expires_in {
         Some(Value::Number(n)) => n.as_u64(),
         Some(Value::String(s)) => s.parse().ok(),
         _ => None,
     }
     .unwrap_or(3600);
-    Ok((
-        Secret::new(token.to_owned()),
-        Duration::from_secs(expires_in),
-    ))
+    Ok((body.access_token, Duration::from_secs(expires_in)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 item 7: an IMDS error names the URL without its query, which carries the
+    /// client id of the managed identity.
+    #[tokio::test]
+    async fn imds_errors_do_not_carry_the_client_id() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route(
+            "/metadata/identity/oauth2/token",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+                )
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let provider = IdentityProvider::new(
+            reqwest::Client::new(),
+            IdentitySource::Imds {
+                base: format!("http://{addr}"),
+                client_id: Some("0b1f6a52-secret-client-id".into()),
+            },
+            RetryPolicy {
+                attempts: 1,
+                ..RetryPolicy::default()
+            },
+        );
+        let err = provider.token(MHSM_RESOURCE).await.unwrap_err().to_string();
+        assert!(err.contains("HTTP 400"), "{err}");
+        assert!(!err.contains("0b1f6a52"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_file_is_read_for_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let provider = IdentityProvider::new(
+            reqwest::Client::new(),
+            IdentitySource::TokenFile(path.clone()),
+            RetryPolicy::default(),
+        );
+        assert_eq!(
+            provider.token(MHSM_RESOURCE).await.unwrap().expose(),
+            "first"
+        );
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(
+            provider.token(MHSM_RESOURCE).await.unwrap().expose(),
+            "second"
+        );
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(provider.token(MHSM_RESOURCE).await.is_err());
+    }
 }

@@ -4,8 +4,8 @@ use crate::azure::ckm::{TransferKey, WrapAlgorithm};
 use crate::azure::jwk::Jwk;
 use crate::azure::jws::{verify_x5c, Anchors};
 use crate::azure::policy::ReleasePolicy;
-use crate::azure::{base_url, status_error, Error, Result, Secret};
-use crate::http::{send_with_retry, RetryPolicy};
+use crate::azure::{status_error, Error, Result, Secret};
+use crate::http::{quoted, send_with_retry, Endpoint, RetryPolicy};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -14,63 +14,113 @@ use tracing::Instrument;
 
 pub const API_VERSION: &str = "7.4";
 
-/// `https://<kms-host>/keys/<name>[/<version>]`.
+/// `https://<kms-host>/keys/<name>[/<version>]`, validated: the host is the one connected to
+/// (and the one the release JWS must be signed for), the name and version are what Key Vault
+/// accepts, so a caller cannot smuggle paths or megabytes through them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyUrl {
-    /// Scheme and authority: `https://host[:port]`.
-    pub base: String,
-    pub name: String,
-    pub version: Option<String>,
+    endpoint: Endpoint,
+    name: String,
+    version: Option<String>,
+}
+
+/// Key Vault's rule for key names: 1 to 127 of `0-9a-zA-Z-`.
+fn check_name(name: &str) -> Result<()> {
+    if (1..=127).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "key name {} is not 1-127 characters of 0-9, a-z, A-Z and -",
+            quoted(name)
+        )))
+    }
+}
+
+/// Key versions are hex (32 digits in Key Vault and Managed HSM).
+fn check_version(version: &str) -> Result<()> {
+    if (1..=64).contains(&version.len()) && version.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "key version {} is not hexadecimal",
+            quoted(version)
+        )))
+    }
 }
 
 impl KeyUrl {
-    pub fn new(kms_endpoint: &str, name: &str) -> Self {
-        KeyUrl {
-            base: base_url(kms_endpoint),
-            name: name.to_owned(),
-            version: None,
-        }
+    /// The key `name` (latest version) at `kms_endpoint` (`host[:port]` or `https://host[:port]`).
+    pub fn new(kms_endpoint: &str, name: &str) -> Result<Self> {
+        let endpoint =
+            Endpoint::parse(kms_endpoint).map_err(|e| Error::Config(format!("KMS {e}")))?;
+        Self::at(endpoint, name, None)
     }
 
-    /// Parses a full key URL (query ignored).
-    pub fn parse(url: &str) -> Result<Self> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| Error::Config(format!("key URL {url:?}: {e}")))?;
-        let mut segments = parsed
-            .path_segments()
-            .into_iter()
-            .flatten()
-            .filter(|s| !s.is_empty());
-        let (Some("keys"), Some(name), version, None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
-            return Err(Error::Config(format!(
-                "key URL {url:?} is not https://<host>/keys/<name>[/<version>]"
-            )));
-        };
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| Error::Config(format!("key URL {url:?} has no host")))?;
-        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    /// The key `name` (at `version`, else the latest) at a parsed endpoint.
+    pub fn at(endpoint: Endpoint, name: &str, version: Option<&str>) -> Result<Self> {
+        check_name(name)?;
+        if let Some(v) = version {
+            check_version(v)?;
+        }
         Ok(KeyUrl {
-            base: format!("{}://{host}{port}", parsed.scheme()),
+            endpoint,
             name: name.to_owned(),
             version: version.map(str::to_owned),
         })
     }
 
+    /// Parses a full key URL `https://<host>/keys/<name>[/<version>]` (no query).
+    pub fn parse(url: &str) -> Result<Self> {
+        let (endpoint, parsed) =
+            Endpoint::parse_url(url).map_err(|e| Error::Config(format!("key URL: {e}")))?;
+        if parsed.query().is_some() {
+            return Err(Error::Config(format!(
+                "key URL {} must not carry a query",
+                quoted(url)
+            )));
+        }
+        let segments: Vec<&str> = parsed.path_segments().into_iter().flatten().collect();
+        let (name, version) = match segments.as_slice() {
+            ["keys", name] | ["keys", name, ""] => (*name, None),
+            ["keys", name, version] => (*name, Some(*version)),
+            _ => {
+                return Err(Error::Config(format!(
+                    "key URL {} is not https://<host>/keys/<name>[/<version>]",
+                    quoted(url)
+                )))
+            }
+        };
+        Self::at(endpoint, name, version)
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The host connected to, as its certificate names it.
     pub fn host(&self) -> &str {
-        let without_scheme = self.base.split("://").nth(1).unwrap_or(&self.base);
-        without_scheme.split(':').next().unwrap_or(without_scheme)
+        self.endpoint.server_name()
+    }
+
+    /// `https://host[:port]`.
+    pub fn base(&self) -> String {
+        self.endpoint.origin()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
     }
 
     pub fn key_path(&self) -> String {
         match &self.version {
-            Some(v) => format!("{}/keys/{}/{v}", self.base, self.name),
-            None => format!("{}/keys/{}", self.base, self.name),
+            Some(v) => format!("{}/keys/{}/{v}", self.base(), self.name),
+            None => format!("{}/keys/{}", self.base(), self.name),
         }
     }
 }
@@ -237,7 +287,7 @@ impl KmsClient {
             "attributes": { "exportable": true },
             "release_policy": policy_body(policy)?,
         });
-        let url = format!("{}/keys/{}?api-version={API_VERSION}", key.base, key.name);
+        let url = format!("{}/keys/{}?api-version={API_VERSION}", key.base(), key.name);
         let value = self
             .call(reqwest::Method::PUT, url, access, Some(&body))
             .await?;
@@ -280,7 +330,8 @@ impl KmsClient {
         }
         let url = format!(
             "{}/keys/{}/create?api-version={API_VERSION}",
-            key.base, key.name
+            key.base(),
+            key.name
         );
         let value = self
             .call(reqwest::Method::POST, url, access, Some(&body))
@@ -299,4 +350,62 @@ fn default_ops(jwk: &Jwk) -> Vec<String> {
         _ => &["encrypt", "decrypt", "wrapKey", "unwrapKey"],
     };
     ops.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_urls_are_validated_and_name_the_host_connected_to() {
+        let k = KeyUrl::parse("https://kv.vault.azure.net/keys/my-key/0123abcd").unwrap();
+        assert_eq!(
+            (k.host(), k.name(), k.version()),
+            ("kv.vault.azure.net", "my-key", Some("0123abcd"))
+        );
+        assert_eq!(
+            k.to_string(),
+            "https://kv.vault.azure.net/keys/my-key/0123abcd"
+        );
+        let k = KeyUrl::new("[::1]:8443", "k").unwrap();
+        assert_eq!(
+            (k.host(), k.key_path().as_str()),
+            ("::1", "https://[::1]:8443/keys/k")
+        );
+        // Regression (issue 11): the host checked against the release JWS was "victim.example"
+        // while the connection went to 127.0.0.1.
+        for text in [
+            "https://victim.example:1@127.0.0.1:18443",
+            "victim.example:1@127.0.0.1:18443",
+        ] {
+            let err = KeyUrl::new(text, "k").unwrap_err().to_string();
+            assert!(err.contains("user information"), "{err}");
+        }
+        let err = KeyUrl::parse("https://victim.example:1@127.0.0.1:18443/keys/k")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user information"), "{err}");
+        for bad in [
+            "http://kv.vault.azure.net/keys/k",
+            "https://kv.vault.azure.net/keys/k?x=1",
+            "https://kv.vault.azure.net/keys/k/v1/extra",
+            "https://kv.vault.azure.net/keys/k/not-hex",
+            "https://kv.vault.azure.net/secrets/k",
+            "https://kv.vault.azure.net/keys/a%2Fb",
+            "https://kv.vault.azure.net/keys/../x",
+        ] {
+            assert!(KeyUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(KeyUrl::new("kv.vault.azure.net", &"k".repeat(128)).is_err());
+        assert!(KeyUrl::new("kv.vault.azure.net", &"k".repeat(127)).is_ok());
+        assert!(KeyUrl::new("kv.vault.azure.net", "a_b").is_err());
+        let huge = "k".repeat(1 << 20);
+        assert!(
+            KeyUrl::new("kv.vault.azure.net", &huge)
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 300
+        );
+    }
 }

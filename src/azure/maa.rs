@@ -1,8 +1,8 @@
 //! Microsoft Azure Attestation: `attest/SevSnpVm` and the signing keys at `/certs`.
 
 use crate::azure::jws::{Compact, Jwks};
-use crate::azure::{base_url, status_error, Error, Result, Secret};
-use crate::http::{send_with_retry, RetryPolicy};
+use crate::azure::{status_error, Error, Result, Secret};
+use crate::http::{read_body_zeroizing, send_with_retry, Endpoint, RetryPolicy};
 use crate::snp::evidence::Evidence;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE;
@@ -12,10 +12,14 @@ use tracing::Instrument;
 
 pub const API_VERSION: &str = "2020-10-01";
 
+/// MAA's answers (a token, error documents) are a few kilobytes; more is not MAA.
+const MAX_BODY: usize = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct MaaClient {
     client: reqwest::Client,
     retry: RetryPolicy,
+    endpoint: Endpoint,
     base: String,
 }
 
@@ -29,15 +33,17 @@ pub struct MaaToken {
 
 impl MaaToken {
     pub fn from_jwt(jwt: String) -> Result<Self> {
-        let claims = Compact::parse(&jwt)?.claims()?;
+        Self::from_secret(Secret::new(jwt))
+    }
+
+    /// The token read straight out of a response body, never copied into a plain `String`.
+    pub fn from_secret(jwt: Secret) -> Result<Self> {
+        let claims = Compact::parse(jwt.expose())?.claims()?;
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
             .unwrap_or_default();
-        Ok(MaaToken {
-            jwt: Secret::new(jwt),
-            expires_at,
-        })
+        Ok(MaaToken { jwt, expires_at })
     }
 
     /// The claims, decoded without verification (for display; the KMS verifies).
@@ -47,12 +53,23 @@ impl MaaToken {
 }
 
 impl MaaClient {
-    pub fn new(client: reqwest::Client, endpoint: &str, retry: RetryPolicy) -> Self {
+    /// A client of the MAA at `endpoint` (`host[:port]` or `https://host[:port]`).
+    pub fn new(client: reqwest::Client, endpoint: &str, retry: RetryPolicy) -> Result<Self> {
+        let endpoint = Endpoint::parse(endpoint).map_err(|e| Error::Config(format!("MAA {e}")))?;
+        Ok(Self::at(client, endpoint, retry))
+    }
+
+    pub fn at(client: reqwest::Client, endpoint: Endpoint, retry: RetryPolicy) -> Self {
         MaaClient {
             client,
             retry,
-            base: base_url(endpoint),
+            base: endpoint.origin(),
+            endpoint,
         }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The authority a release policy names for this MAA: `https://<host>`.
@@ -73,26 +90,39 @@ impl MaaClient {
             "initTimeData": { "data": "", "dataType": "" },
             "nonce": u64::from_le_bytes(nonce),
         });
-        let (status, text) = async {
+        let (status, body) = async {
             let response =
                 send_with_retry(|| self.client.post(&url).json(&body), &self.retry).await?;
             let status = response.status();
-            Ok::<_, Error>((status, response.text().await.unwrap_or_default()))
+            let body = read_body_zeroizing(response, MAX_BODY)
+                .await
+                .map_err(|reason| Error::BadResponse {
+                    service: "MAA",
+                    url: self.base.clone(),
+                    reason,
+                })?;
+            Ok::<_, Error>((status, body))
         }
         .instrument(tracing::debug_span!("maa_attest"))
         .await?;
         if !status.is_success() {
-            return Err(status_error("MAA", &self.base, status, &text));
+            return Err(status_error(
+                "MAA",
+                &self.base,
+                status,
+                &String::from_utf8_lossy(&body),
+            ));
         }
-        let token = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned))
-            .ok_or_else(|| Error::BadResponse {
-                service: "MAA",
-                url: self.base.clone(),
-                reason: "no \"token\" in the body".into(),
-            })?;
-        MaaToken::from_jwt(token)
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            token: Secret,
+        }
+        let reply: Reply = serde_json::from_slice(&body).map_err(|_| Error::BadResponse {
+            service: "MAA",
+            url: self.base.clone(),
+            reason: "no \"token\" in the body".into(),
+        })?;
+        MaaToken::from_secret(reply.token)
     }
 
     /// The signing keys (`GET /certs`).

@@ -69,6 +69,14 @@ impl Secret {
     }
 }
 
+/// Deserialized straight from a response body: the token never sits in a plain `String` that
+/// is dropped without zeroizing.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(Secret)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
@@ -116,15 +124,5 @@ pub(crate) fn status_error(
             status: code,
             message,
         }
-    }
-}
-
-/// `https://` unless the endpoint names its scheme (the emulator, tests).
-pub fn base_url(endpoint: &str) -> String {
-    let endpoint = endpoint.trim().trim_end_matches('/');
-    if endpoint.starts_with("https://") || endpoint.starts_with("http://") {
-        endpoint.to_owned()
-    } else {
-        format!("https://{endpoint}")
     }
 }

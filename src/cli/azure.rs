@@ -121,8 +121,8 @@ impl KmsArgs {
         )
     }
 
-    fn key(&self) -> KeyUrl {
-        KeyUrl::new(&self.kms, &self.name)
+    fn key(&self) -> Result<KeyUrl, String> {
+        KeyUrl::new(&self.kms, &self.name).map_err(|e| e.to_string())
     }
 
     async fn connect(&self) -> Result<(KmsClient, Secret), String> {
@@ -133,7 +133,7 @@ impl KmsArgs {
             RetryPolicy::default(),
         );
         let access = identity
-            .token(resource_for_host(self.key().host()))
+            .token(resource_for_host(self.key()?.host()))
             .await
             .map_err(|e| e.to_string())?;
         let anchors =
@@ -340,7 +340,7 @@ pub async fn key(command: KeyCommand) -> Result<ExitCode, String> {
             };
             let (client, access) = kms.connect().await?;
             client
-                .create(&kms.key(), &spec, policy.as_ref(), &access)
+                .create(&kms.key()?, &spec, policy.as_ref(), &access)
                 .await
         }
         KeyCommand::Import { kms, policy, jwk } => {
@@ -348,11 +348,13 @@ pub async fn key(command: KeyCommand) -> Result<ExitCode, String> {
                 .map_err(|e| format!("{}: not a JWK: {e}", jwk.display()))?;
             let policy = policy.policy()?;
             let (client, access) = kms.connect().await?;
-            client.import(&kms.key(), &material, &policy, &access).await
+            client
+                .import(&kms.key()?, &material, &policy, &access)
+                .await
         }
         KeyCommand::Show { kms } => {
             let (client, access) = kms.connect().await?;
-            client.get(&kms.key(), &access).await
+            client.get(&kms.key()?, &access).await
         }
     }
     .map_err(|e| e.to_string())?;
@@ -481,12 +483,15 @@ async fn release(
         http: client,
         retry: RetryPolicy::default(),
         cache_ttl: std::time::Duration::ZERO,
+        // The operator named both on the command line: they are allowed as given.
+        allow: crate::provision::allow::AllowList::with(
+            std::slice::from_ref(&kms.kms),
+            &[maa.to_owned()],
+        )?,
     })
     .map_err(|e| e.to_string())?;
-    let released = provisioner
-        .release(&kms.key(), maa)
-        .await
-        .map_err(|e| e.to_string())?;
+    let key = crate::provision::KeyRef::from_key_url(kms.key()?, maa).map_err(|e| e.to_string())?;
+    let released = provisioner.release(&key).await.map_err(|e| e.to_string())?;
     let jwk = &released.jwk;
     if show_secret {
         println!(

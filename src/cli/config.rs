@@ -7,7 +7,7 @@ use crate::env;
 use std::path::Path;
 
 /// Options a configuration file may set, with the variable each feeds.
-pub const FILE_KEYS: [(&str, &str); 18] = [
+pub const FILE_KEYS: [(&str, &str); 20] = [
     ("listen", env::AASP_LISTEN),
     ("allow-remote", env::AASP_ALLOW_REMOTE),
     ("rest-listen", env::AASP_REST_LISTEN),
@@ -26,6 +26,8 @@ pub const FILE_KEYS: [(&str, &str); 18] = [
     ("extra-ca", env::AASP_EXTRA_CA),
     ("trust-root", env::AASP_TRUST_ROOT),
     ("log-format", env::AASP_LOG_FORMAT),
+    ("allow-kms-host", env::AASP_ALLOW_KMS_HOST),
+    ("allow-maa-host", env::AASP_ALLOW_MAA_HOST),
 ];
 
 /// The file named by `--config FILE`/`--config=FILE` in `args`, else by `AASP_CONFIG`.

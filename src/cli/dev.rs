@@ -181,7 +181,8 @@ async fn import_demo_keys(
         .map_err(|_| "no randomness")?;
     let oct_jwk = Jwk::oct(oct.as_ref());
     for (name, jwk) in [(DEMO_RSA_KEY, &rsa_jwk), (DEMO_OCT_KEY, &oct_jwk)] {
-        kms.import(&KeyUrl::new(&emulator.url, name), jwk, &policy, &access)
+        let key = KeyUrl::new(&emulator.url, name).map_err(|e| e.to_string())?;
+        kms.import(&key, jwk, &policy, &access)
             .await
             .map_err(|e| e.to_string())?;
     }

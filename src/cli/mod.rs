@@ -269,9 +269,9 @@ pub fn identity_source(
     use crate::azure::identity::IdentitySource;
     Ok(match access_token_file {
         Some(path) => {
-            let token =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            IdentitySource::Static(crate::azure::Secret::new(token.trim().to_owned()))
+            // Read at start-up to fail early, then again for every token (it may be rotated).
+            std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            IdentitySource::TokenFile(path.to_path_buf())
         }
         None => IdentitySource::from_env(imds_endpoint, client_id),
     })

@@ -58,6 +58,15 @@ pub struct BackendArgs {
     /// File holding a KMS access token (instead of managed or workload identity).
     #[arg(long, env = env::AASP_ACCESS_TOKEN_FILE, value_name = "FILE")]
     pub access_token_file: Option<PathBuf>,
+    /// Also send credentials to this Managed HSM / Key Vault host (`host`, `host:port` or
+    /// `*.suffix[:port]`; without a port only 443); repeatable. Allowed by default:
+    /// *.managedhsm.azure.net, *.vault.azure.net. Requests naming any other KMS are refused.
+    #[arg(long, env = env::AASP_ALLOW_KMS_HOST, value_delimiter = ',', value_name = "PATTERN")]
+    pub allow_kms_host: Vec<String>,
+    /// Also attest with this MAA host (same patterns); repeatable. Allowed by default:
+    /// *.attest.azure.net and the --maa-endpoint.
+    #[arg(long, env = env::AASP_ALLOW_MAA_HOST, value_delimiter = ',', value_name = "PATTERN")]
+    pub allow_maa_host: Vec<String>,
     /// Seconds released keys and MAA tokens stay cached; 0 turns caching off.
     #[arg(long, env = env::AASP_CACHE_TTL, default_value_t = 300)]
     pub cache_ttl: u64,
@@ -83,9 +92,13 @@ impl BackendArgs {
         state_dir: &std::path::Path,
         keys_dir: Option<PathBuf>,
     ) -> Self {
+        let emulator_host = emulator_url.trim_start_matches("https://").to_owned();
         BackendArgs {
-            maa_endpoint: Some(emulator_url.trim_start_matches("https://").to_owned()),
+            maa_endpoint: Some(emulator_host.clone()),
             keys_dir,
+            // The emulator's own loopback address, and nothing else, besides Azure's defaults.
+            allow_kms_host: vec![emulator_host.clone()],
+            allow_maa_host: vec![emulator_host],
             provider_name: Vec::new(),
             imds_endpoint: Some(emulator_url.to_owned()),
             client_id: None,
@@ -134,6 +147,16 @@ impl BackendArgs {
             client_id,
         )?;
         let retry = RetryPolicy::default();
+        let mut allow =
+            crate::provision::allow::AllowList::with(&self.allow_kms_host, &self.allow_maa_host)?;
+        if let Some(maa) = &self.maa_endpoint {
+            // The operator's own default MAA is allowed implicitly.
+            let endpoint =
+                crate::http::Endpoint::parse(maa).map_err(|e| format!("--maa-endpoint: {e}"))?;
+            allow
+                .maa
+                .push(crate::provision::allow::HostPattern::exact(&endpoint));
+        }
         let anchors =
             Anchors::system_and(self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
         let provisioner = Provisioner::new(ProvisionerParts {
@@ -144,9 +167,13 @@ impl BackendArgs {
             http: client,
             retry,
             cache_ttl: Duration::from_secs(self.cache_ttl),
+            allow,
         })
         .map_err(|e| e.to_string())?;
         let provisioner = Arc::new(provisioner);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            provisioner.spawn_cache_sweeper();
+        }
         if self.transfer_key_rotation > 0 && tokio::runtime::Handle::try_current().is_ok() {
             provisioner
                 .spawn_transfer_key_rotation(Duration::from_secs(self.transfer_key_rotation));

@@ -54,13 +54,13 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
                 None,
             )?;
             let access = IdentityProvider::new(client.clone(), source, RetryPolicy::default())
-                .token(resource_for_host(resolved.key.host()))
+                .token(resource_for_host(resolved.key.key_url().host()))
                 .await
                 .map_err(|e| e.to_string())?;
             let anchors =
                 Anchors::system_and(args.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
             let bundle = KmsClient::new(client, anchors, RetryPolicy::default())
-                .get(&resolved.key, &access)
+                .get(resolved.key.key_url(), &access)
                 .await
                 .map_err(|e| e.to_string())?;
             if bundle.key.family().map_err(|e| e.to_string())? != KeyFamily::Rsa {

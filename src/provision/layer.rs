@@ -7,9 +7,8 @@
 //! AES-256-GCM (12-byte IV, tag appended), `wrap_type` `A256GCM`.
 
 use crate::azure::jwk::{Jwk, KeyFamily};
-use crate::azure::kms::KeyUrl;
 use crate::azure::Error as AzureError;
-use crate::provision::{Error, Provisioner, ReleasedKey, Result};
+use crate::provision::{Error, KeyRef, Provisioner, ReleasedKey, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
@@ -66,8 +65,7 @@ pub struct KeyInfo {
 /// A key reference resolved to where it lives and how to wrap to it.
 #[derive(Debug, Clone)]
 pub struct ResolvedKey {
-    pub key: KeyUrl,
-    pub maa: String,
+    pub key: KeyRef,
     /// RSA public key as SubjectPublicKeyInfo DER, when known without a release.
     pub public_spki: Option<Vec<u8>>,
 }
@@ -78,22 +76,38 @@ pub fn resolve(
     keys_dir: Option<&Path>,
     default_maa: Option<&str>,
 ) -> Result<ResolvedKey> {
-    if key_ref.starts_with("https://") || key_ref.starts_with("http://") {
-        let url = url::Url::parse(key_ref)
-            .map_err(|e| invalid(format!("key reference {key_ref:?}: {e}")))?;
-        let maa = url
-            .query_pairs()
-            .find(|(k, _)| k == "maa")
-            .map(|(_, v)| v.into_owned())
+    if key_ref.contains("://") {
+        // `https://<kms>/keys/<name>[/<version>]?maa=<maa>`: the query names the MAA only.
+        let url = url::Url::parse(key_ref).map_err(|e| {
+            invalid(format!(
+                "key reference {}: {e}",
+                crate::http::quoted(key_ref)
+            ))
+        })?;
+        let mut maa = None;
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "maa" if maa.is_none() => maa = Some(v.into_owned()),
+                _ => {
+                    return Err(invalid(format!(
+                        "key reference {}: the only parameter is one maa=<host>",
+                        crate::http::quoted(key_ref)
+                    )))
+                }
+            }
+        }
+        let maa = maa
             .or_else(|| default_maa.map(str::to_owned))
             .ok_or_else(|| {
                 invalid(format!(
-                    "key reference {key_ref:?} names no MAA (?maa=<host>) and none is configured"
+                    "key reference {} names no MAA (?maa=<host>) and none is configured",
+                    crate::http::quoted(key_ref)
                 ))
             })?;
+        let mut without_query = url;
+        without_query.set_query(None);
         return Ok(ResolvedKey {
-            key: KeyUrl::parse(key_ref)?,
-            maa,
+            key: KeyRef::azure_url(without_query.as_str(), &maa)?,
             public_spki: None,
         });
     }
@@ -125,9 +139,11 @@ pub fn resolve(
             ))
         })?)
     };
+    // Key-info files are the operator's, but they can name any host: their endpoints are
+    // parsed and allow-list checked like a request's (by the provisioner, before use).
     Ok(ResolvedKey {
-        key: KeyUrl::new(&info.kms_endpoint, key_ref),
-        maa: info.attester_endpoint,
+        key: KeyRef::azure(&info.kms_endpoint, key_ref, &info.attester_endpoint)
+            .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?,
         public_spki,
     })
 }
@@ -178,12 +194,12 @@ fn packet(
     wrap_type: String,
 ) -> AnnotationPacket {
     AnnotationPacket {
-        kid: resolved.key.name.clone(),
+        kid: resolved.key.name().to_owned(),
         wrapped_data,
         iv,
         wrap_type,
-        kms_endpoint: resolved.key.base.clone(),
-        attester_endpoint: resolved.maa.clone(),
+        kms_endpoint: resolved.key.kms().origin(),
+        attester_endpoint: resolved.key.maa().authority(),
     }
 }
 
@@ -281,10 +297,12 @@ impl Provisioner {
         resolved: &ResolvedKey,
         layer_key: &[u8],
     ) -> Result<AnnotationPacket> {
+        // An annotation naming a host this server would refuse to unwrap from is no use.
+        self.check_key(&resolved.key)?;
         if let Some(spki) = &resolved.public_spki {
             return wrap_rsa(resolved, spki, layer_key);
         }
-        let released = self.release(&resolved.key, &resolved.maa).await?;
+        let released = self.release(&resolved.key).await?;
         wrap_with(resolved, &released.jwk, layer_key)
     }
 
@@ -298,8 +316,10 @@ impl Provisioner {
                 "the annotation packet lacks kid, kms_endpoint or attester_endpoint",
             ));
         }
-        let key = KeyUrl::new(&packet.kms_endpoint, &packet.kid);
-        let released = self.release(&key, &packet.attester_endpoint).await?;
+        // The packet is the image's: untrusted. Its endpoints are parsed and allow-list checked
+        // (in `release`) before anything is attested or sent.
+        let key = KeyRef::azure(&packet.kms_endpoint, &packet.kid, &packet.attester_endpoint)?;
+        let released = self.release(&key).await?;
         unwrap_with(packet, &released)
     }
 }
@@ -309,13 +329,15 @@ mod tests {
     use super::*;
 
     fn released(jwk: &Jwk) -> ReleasedKey {
-        ReleasedKey::new(KeyUrl::new("kms.example", "k"), jwk.clone())
+        ReleasedKey::new(
+            crate::azure::kms::KeyUrl::new("kms.example", "k").unwrap(),
+            jwk.clone(),
+        )
     }
 
     fn resolved() -> ResolvedKey {
         ResolvedKey {
-            key: KeyUrl::new("kms.example", "k"),
-            maa: "maa.example".into(),
+            key: KeyRef::azure("kms.example", "k", "maa.example").unwrap(),
             public_spki: None,
         }
     }
@@ -368,15 +390,21 @@ mod tests {
         std::fs::write(dir.path().join("demo.pem"), spki_to_pem(&[0x30, 0x00])).unwrap();
         let r = resolve("demo", Some(dir.path()), None).unwrap();
         assert_eq!(
-            (r.key.base.as_str(), r.key.name.as_str(), r.maa.as_str()),
-            ("https://kms.example", "demo", "maa.example")
+            (r.key.kms().origin(), r.key.name(), r.key.maa().host()),
+            ("https://kms.example".to_owned(), "demo", "maa.example")
         );
         assert_eq!(r.public_spki.unwrap(), vec![0x30, 0x00]);
         let r = resolve("https://kms.example/keys/k2?maa=maa2.example", None, None).unwrap();
-        assert_eq!(
-            (r.key.name.as_str(), r.maa.as_str()),
-            ("k2", "maa2.example")
-        );
+        assert_eq!((r.key.name(), r.key.maa().host()), ("k2", "maa2.example"));
+        for bad in [
+            "https://kms.example/keys/k2?maa=a.example&maa=b.example",
+            "https://kms.example/keys/k2?maa=a.example&x=1",
+            "http://kms.example/keys/k2?maa=a.example",
+            "https://x.example:1@kms.example/keys/k2?maa=a.example",
+            "https://kms.example/keys/k2?maa=x.example:1@a.example",
+        ] {
+            assert!(resolve(bad, None, None).is_err(), "{bad}");
+        }
         assert!(resolve("../etc/passwd", Some(dir.path()), None).is_err());
         assert!(resolve("missing", Some(dir.path()), None)
             .unwrap_err()

@@ -3,11 +3,17 @@
 //! `release(kms, key, maa)`: the transfer key's JWK set is the runtime data; the report binds its
 //! SHA-256; the report and its chain go to MAA; the token and an access token go to the KMS; the
 //! signed response is verified and the key unwrapped inside the TEE. Released keys and MAA tokens
-//! are cached (TTL configurable, zero turns caching off) and concurrent callers for the same key
-//! share one flight. A failure is never cached.
+//! are cached (TTL configurable, zero turns caching off; bounded; swept when expired) and
+//! concurrent callers for the same key share one flight, and its error. A failure is never cached.
+//!
+//! Endpoints come from requests (annotations, REST bodies, resource URIs): each is parsed into a
+//! `KeyRef` and checked against the allow-lists (`allow`) before any report, token or
+//! connection; the check is here, where every path to a backend passes.
 //!
 //! Owns the flow, its caches and single-flight. Must not know transports (gRPC, REST).
 
+pub mod allow;
+pub mod cache;
 pub mod layer;
 
 use crate::azure::ckm::{TransferKey, WrapAlgorithm};
@@ -17,16 +23,16 @@ use crate::azure::kms::{KeyUrl, KmsClient};
 use crate::azure::maa::{MaaClient, MaaToken};
 use crate::azure::policy::normalize_authority;
 use crate::azure::Secret;
-use crate::http::RetryPolicy;
+use crate::http::{Endpoint, RetryPolicy};
 use crate::snp::attester::{fetch_report, Attester};
 use crate::snp::chain::{attest, ChainCache};
 use crate::snp::evidence::Evidence;
 use crate::snp::report::report_data_for_runtime;
-use std::collections::HashMap;
+use allow::{AllowList, Role};
+use cache::{FlightCache, Lookup};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,120 @@ pub enum Error {
     /// This process has no transfer key to release keys to.
     #[error("no transfer key: {0}")]
     NoTransferKey(String),
+    /// The request names a backend host that is not on the allow-list.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Too many distinct releases under way at once.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The outcome of a flight this caller shared with others.
+    #[error(transparent)]
+    Shared(Arc<Error>),
+}
+
+impl Error {
+    /// The error itself, seen through a shared flight.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+}
+
+/// A key a request named, parsed and validated: where it lives and who attests for it.
+/// Backend-neutral for the services; the allow-lists are checked by `Provisioner` before use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyRef {
+    /// A Managed HSM / Key Vault key, released with a token from this MAA.
+    Azure { key: KeyUrl, maa: Endpoint },
+}
+
+impl KeyRef {
+    /// The key `name` at KMS `kms` (`host[:port]` or `https://host[:port]`), attested by `maa`.
+    pub fn azure(kms: &str, name: &str, maa: &str) -> Result<Self> {
+        let key = KeyUrl::new(kms, name).map_err(|e| Error::Invalid(e.to_string()))?;
+        Self::from_key_url(key, maa)
+    }
+
+    /// A full key URL (`https://<kms>/keys/<name>[/<version>]`), attested by `maa`.
+    pub fn azure_url(url: &str, maa: &str) -> Result<Self> {
+        let key = KeyUrl::parse(url).map_err(|e| Error::Invalid(e.to_string()))?;
+        Self::from_key_url(key, maa)
+    }
+
+    /// A KMS URI that may carry `?maa=<host>` (the only parameter), for the key `name`;
+    /// without one, `default_maa`.
+    pub fn azure_uri(uri: &str, name: &str, default_maa: Option<&str>) -> Result<Self> {
+        let (kms, url) = Endpoint::parse_url(uri).map_err(|e| Error::Invalid(e.to_string()))?;
+        if !matches!(url.path(), "" | "/") {
+            return Err(Error::Invalid(format!(
+                "KMS URI {} must name a host only (and ?maa=), not a path",
+                crate::http::quoted(uri)
+            )));
+        }
+        let mut maa = None;
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "maa" if maa.is_none() => maa = Some(v.into_owned()),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "KMS URI {}: the only parameter is one maa=<host>",
+                        crate::http::quoted(uri)
+                    )))
+                }
+            }
+        }
+        let maa = maa
+            .or_else(|| default_maa.map(str::to_owned))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} names no MAA (?maa=<host>) and none is configured (--maa-endpoint)",
+                    crate::http::quoted(uri)
+                ))
+            })?;
+        let key = KeyUrl::at(kms, name, None).map_err(|e| Error::Invalid(e.to_string()))?;
+        Self::from_key_url(key, &maa)
+    }
+
+    pub fn from_key_url(key: KeyUrl, maa: &str) -> Result<Self> {
+        let maa = Endpoint::parse(maa).map_err(|e| Error::Invalid(format!("MAA {e}")))?;
+        Ok(KeyRef::Azure { key, maa })
+    }
+
+    /// The key's name at its backend.
+    pub fn name(&self) -> &str {
+        match self {
+            KeyRef::Azure { key, .. } => key.name(),
+        }
+    }
+
+    /// Where the key lives.
+    pub fn kms(&self) -> &Endpoint {
+        match self {
+            KeyRef::Azure { key, .. } => key.endpoint(),
+        }
+    }
+
+    /// The Key Vault key URL (for operator tools that call the KMS themselves).
+    pub fn key_url(&self) -> &KeyUrl {
+        kms_key(self)
+    }
+
+    /// Who attests for it.
+    pub fn maa(&self) -> &Endpoint {
+        match self {
+            KeyRef::Azure { maa, .. } => maa,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyRef::Azure { key, maa } => write!(f, "{key} (MAA {maa})"),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -91,6 +211,8 @@ impl ReleasedKey {
 /// Counters of upstream work, for metrics and for tests that count flights.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Reports fetched to be sent to MAA.
+    pub reports: AtomicU64,
     pub maa_calls: AtomicU64,
     pub release_calls: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -103,8 +225,9 @@ enum TransferKeyState {
     Failed(String),
 }
 
-type Slot<T> = Arc<Mutex<Option<(T, Instant)>>>;
-type Slots<K, T> = std::sync::Mutex<HashMap<K, Slot<T>>>;
+/// Entries each cache holds at most: ample for a pod's keys, small in memory (a key name is at
+/// most 127 bytes, a host 253).
+pub const CACHE_CAPACITY: usize = 1024;
 
 pub struct Provisioner {
     attester: Arc<dyn Attester>,
@@ -117,8 +240,9 @@ pub struct Provisioner {
     /// release uses one snapshot for both its token and its unwrap.
     transfer_key: Arc<tokio::sync::watch::Sender<TransferKeyState>>,
     ttl: Duration,
-    keys: Slots<(KeyUrl, String), Arc<ReleasedKey>>,
-    tokens: Slots<String, MaaToken>,
+    allow: AllowList,
+    keys: FlightCache<KeyRef, Arc<ReleasedKey>>,
+    tokens: FlightCache<(Endpoint, String), MaaToken>,
     pub counters: Counters,
 }
 
@@ -130,6 +254,8 @@ pub struct ProvisionerParts {
     pub http: reqwest::Client,
     pub retry: RetryPolicy,
     pub cache_ttl: Duration,
+    /// The KMS and MAA hosts credentials may go to.
+    pub allow: AllowList,
 }
 
 impl Provisioner {
@@ -159,8 +285,9 @@ impl Provisioner {
             retry: parts.retry,
             transfer_key,
             ttl: parts.cache_ttl,
-            keys: std::sync::Mutex::new(HashMap::new()),
-            tokens: std::sync::Mutex::new(HashMap::new()),
+            allow: parts.allow,
+            keys: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
+            tokens: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             counters: Counters::default(),
         })
     }
@@ -173,8 +300,62 @@ impl Provisioner {
         &self.chains
     }
 
-    pub fn maa(&self, endpoint: &str) -> MaaClient {
-        MaaClient::new(self.http.clone(), endpoint, self.retry)
+    /// A client of the MAA at `endpoint`, once the allow-list admits it.
+    fn maa(&self, endpoint: &Endpoint) -> Result<MaaClient> {
+        self.check(Role::Maa, endpoint)?;
+        Ok(MaaClient::at(
+            self.http.clone(),
+            endpoint.clone(),
+            self.retry,
+        ))
+    }
+
+    fn check(&self, role: Role, endpoint: &Endpoint) -> Result<()> {
+        self.allow.check(role, endpoint).map_err(Error::NotAllowed)
+    }
+
+    /// Checks both of a key's endpoints: nothing is attested, fetched or sent for a key whose
+    /// KMS or MAA is not allowed.
+    pub fn check_key(&self, key: &KeyRef) -> Result<()> {
+        self.check(Role::Kms, key.kms())?;
+        self.check(Role::Maa, key.maa())
+    }
+
+    /// Parses an MAA endpoint a request named and checks it against the allow-list.
+    pub fn maa_endpoint(&self, text: &str) -> Result<Endpoint> {
+        let endpoint = Endpoint::parse(text).map_err(|e| Error::Invalid(format!("MAA {e}")))?;
+        self.check(Role::Maa, &endpoint)?;
+        Ok(endpoint)
+    }
+
+    /// Entries held by the released-key and MAA-token caches (values and flights).
+    pub fn cached_entries(&self) -> usize {
+        self.keys.len() + self.tokens.len()
+    }
+
+    /// Drops expired keys and tokens now (the background sweep calls this).
+    pub fn sweep_caches(&self) {
+        self.keys.sweep();
+        self.tokens.sweep();
+    }
+
+    /// Sweeps the caches in the background, so that a released key leaves memory within about
+    /// half a TTL after it expires, whether or not anyone asks for it again.
+    pub fn spawn_cache_sweeper(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let every = (self.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let this = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(provisioner) = this.upgrade() else {
+                    return;
+                };
+                provisioner.sweep_caches();
+            }
+        }))
     }
 
     /// Evidence binding `runtime_data`: the report (report_data = SHA-256(runtime_data)) and its
@@ -223,6 +404,13 @@ impl Provisioner {
 
     /// An MAA token for `runtime_data` (not cached: each caller's data differs).
     pub async fn token_for(&self, maa_endpoint: &str, runtime_data: &[u8]) -> Result<MaaToken> {
+        let endpoint = self.maa_endpoint(maa_endpoint)?;
+        self.token_at(&endpoint, runtime_data).await
+    }
+
+    async fn token_at(&self, endpoint: &Endpoint, runtime_data: &[u8]) -> Result<MaaToken> {
+        // Before any report: a refused endpoint costs nothing.
+        let maa = self.maa(endpoint)?;
         // MAA takes it as dataType JSON and answers anything else with a 400 that cannot be told
         // apart from a refused report; the caller's mistake is named here instead.
         serde_json::from_slice::<serde::de::IgnoredAny>(runtime_data).map_err(|e| {
@@ -230,9 +418,9 @@ impl Provisioner {
                 "runtime data must be a JSON document (MAA binds it as JSON): {e}"
             ))
         })?;
+        self.counters.reports.fetch_add(1, Ordering::Relaxed);
         let evidence = self.evidence(runtime_data).await?;
         self.counters.maa_calls.fetch_add(1, Ordering::Relaxed);
-        let maa = self.maa(maa_endpoint);
         let token = maa.attest(&evidence, runtime_data).await?;
         // A token another issuer signed is not used: something other than the MAA asked answered.
         let claims = token.unverified_claims()?;
@@ -299,50 +487,45 @@ impl Provisioner {
 
     /// The release token: runtime data = the transfer key's JWK set. Cached per MAA and transfer
     /// key until shortly before it expires (and at most the TTL).
-    async fn release_token(
-        &self,
-        maa_endpoint: &str,
-        transfer_key: &TransferKey,
-    ) -> Result<MaaToken> {
+    async fn release_token(&self, maa: &Endpoint, transfer_key: &TransferKey) -> Result<MaaToken> {
         let kid = transfer_key.public_jwk().kid.clone().unwrap_or_default();
-        let slot = slot(&self.tokens, format!("{maa_endpoint} {kid}"));
-        let mut guard = slot.lock().await;
-        if let Some((token, at)) = guard.as_ref() {
-            if self.fresh(*at) && token.expires_at > unix_now() + 60 {
-                return Ok(token.clone());
-            }
-        }
-        let token = self
-            .token_for(maa_endpoint, &transfer_key.runtime_data())
+        let (token, _) = self
+            .tokens
+            .get_or_run(
+                &(maa.clone(), kid),
+                |token| token.expires_at > unix_now() + 60,
+                || async move {
+                    let runtime_data = transfer_key.runtime_data();
+                    self.token_at(maa, &runtime_data).await
+                },
+            )
             .await?;
-        if !self.ttl.is_zero() {
-            *guard = Some((token.clone(), Instant::now()));
-        }
         Ok(token)
     }
 
-    /// Secure key release of `key`, attested by `maa_endpoint`.
-    pub async fn release(&self, key: &KeyUrl, maa_endpoint: &str) -> Result<Arc<ReleasedKey>> {
-        let slot = slot(&self.keys, (key.clone(), maa_endpoint.to_owned()));
-        // Holding the per-key lock across the flight is the single flight: later callers wait
-        // here and then find the result in the slot.
-        let mut guard = slot.lock().await;
-        if let Some((released, at)) = guard.as_ref() {
-            if self.fresh(*at) {
-                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::record_cache(true);
-                return Ok(Arc::clone(released));
-            }
-        }
-        crate::metrics::record_cache(false);
-        let jwk = self
-            .release_uncached(key, maa_endpoint, None)
-            .instrument(tracing::info_span!("release", key = %key, maa = maa_endpoint))
+    /// Secure key release of `key`; concurrent callers share one flight and its outcome.
+    pub async fn release(&self, key: &KeyRef) -> Result<Arc<ReleasedKey>> {
+        // Refused before the cache: a refused key takes no entry, report or token.
+        self.check_key(key)?;
+        let (released, lookup) = self
+            .keys
+            .get_or_run(
+                key,
+                |_| true,
+                || async {
+                    let jwk = self
+                        .release_uncached(key, None)
+                        .instrument(tracing::info_span!("release", key = %key))
+                        .await?;
+                    Ok(Arc::new(ReleasedKey::new(kms_key(key).clone(), jwk)))
+                },
+            )
             .await?;
-        let released = Arc::new(ReleasedKey::new(key.clone(), jwk));
-        if !self.ttl.is_zero() {
-            *guard = Some((Arc::clone(&released), Instant::now()));
+        let hit = lookup == Lookup::Hit;
+        if hit {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
+        crate::metrics::record_cache(hit);
         Ok(released)
     }
 
@@ -350,55 +533,80 @@ impl Provisioner {
     /// caller's token must not stand in for this one's.
     pub async fn release_with_access(
         &self,
-        key: &KeyUrl,
-        maa_endpoint: &str,
+        key: &KeyRef,
         access: &Secret,
     ) -> Result<Arc<ReleasedKey>> {
+        self.check_key(key)?;
         let jwk = self
-            .release_uncached(key, maa_endpoint, Some(access))
-            .instrument(tracing::info_span!("release", key = %key, maa = maa_endpoint))
+            .release_uncached(key, Some(access))
+            .instrument(tracing::info_span!("release", key = %key))
             .await?;
-        Ok(Arc::new(ReleasedKey::new(key.clone(), jwk)))
+        Ok(Arc::new(ReleasedKey::new(kms_key(key).clone(), jwk)))
     }
 
-    async fn release_uncached(
-        &self,
-        key: &KeyUrl,
-        maa_endpoint: &str,
-        access: Option<&Secret>,
-    ) -> Result<Jwk> {
+    /// One release; when the KMS refuses our own access token (401/403), the cached access and
+    /// MAA tokens are dropped and the release tried once more with fresh ones (a token revoked
+    /// or issued before a role assignment would otherwise fail until it expires).
+    async fn release_uncached(&self, key: &KeyRef, access: Option<&Secret>) -> Result<Jwk> {
+        let _in_flight = crate::metrics::release_started();
         let transfer_key = self
             .transfer_key_ready()
             .instrument(tracing::debug_span!("transfer_key"))
             .await?;
-        let token = self.release_token(maa_endpoint, &transfer_key).await?;
+        match self.release_once(key, access, &transfer_key).await {
+            Err(e) if access.is_none() && refused_credentials(&e) => {
+                tracing::info!(error = %e, "the KMS refused the access token; fetching fresh tokens once");
+                self.identity
+                    .forget(resource_for_host(kms_key(key).host()))
+                    .await;
+                let kid = transfer_key.public_jwk().kid.clone().unwrap_or_default();
+                self.tokens.forget(&(key.maa().clone(), kid));
+                self.release_once(key, access, &transfer_key).await
+            }
+            other => other,
+        }
+    }
+
+    async fn release_once(
+        &self,
+        key: &KeyRef,
+        access: Option<&Secret>,
+        transfer_key: &TransferKey,
+    ) -> Result<Jwk> {
+        let url = kms_key(key);
+        let token = self.release_token(key.maa(), transfer_key).await?;
+        // The token for the resource of the host this request connects to, and sent only there.
         let access = match access {
             Some(given) => given.clone(),
-            None => self.identity.token(resource_for_host(key.host())).await?,
+            None => self.identity.token(resource_for_host(url.host())).await?,
         };
         self.counters.release_calls.fetch_add(1, Ordering::Relaxed);
         let wrap = WrapAlgorithm::CkmRsaAesKeyWrap;
         Ok(self
             .kms
-            .release(key, &token.jwt, &access, &transfer_key, wrap)
+            .release(url, &token.jwt, &access, transfer_key, wrap)
             .await?)
     }
+}
 
-    fn fresh(&self, at: Instant) -> bool {
-        at.elapsed() < self.ttl
+/// The Key Vault key of a reference.
+fn kms_key(key: &KeyRef) -> &KeyUrl {
+    match key {
+        KeyRef::Azure { key, .. } => key,
     }
 }
 
-fn slot<K: std::hash::Hash + Eq, T>(
-    map: &std::sync::Mutex<HashMap<K, Slot<T>>>,
-    key: K,
-) -> Slot<T> {
-    let mut map = map
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(map.entry(key).or_insert_with(|| Arc::new(Mutex::new(None))))
+/// The KMS refused the credentials (not the attestation: MAA refusals name MAA).
+fn refused_credentials(e: &Error) -> bool {
+    matches!(
+        e.root(),
+        Error::Azure(crate::azure::Error::Refused {
+            service: "KMS",
+            status: 401 | 403,
+            ..
+        })
+    )
 }
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

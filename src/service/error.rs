@@ -33,11 +33,21 @@ impl ServiceError {
         match self {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
-            ServiceError::Provision(ProvisionError::Invalid(_)) => Code::InvalidArgument,
-            ServiceError::Provision(ProvisionError::NoTransferKey(_)) => Code::Internal,
-            ServiceError::Provision(ProvisionError::Snp(e)) => snp_code(e),
-            ServiceError::Provision(ProvisionError::Azure(e)) => azure_code(e),
+            ServiceError::Provision(e) => provision_code(e),
         }
+    }
+}
+
+fn provision_code(e: &ProvisionError) -> Code {
+    match e {
+        ProvisionError::Invalid(_) => Code::InvalidArgument,
+        ProvisionError::NoTransferKey(_) => Code::Internal,
+        // A backend host the operator did not allow: a refusal, whatever the host would say.
+        ProvisionError::NotAllowed(_) => Code::PermissionDenied,
+        ProvisionError::Busy(_) => Code::ResourceExhausted,
+        ProvisionError::Shared(inner) => provision_code(inner),
+        ProvisionError::Snp(e) => snp_code(e),
+        ProvisionError::Azure(e) => azure_code(e),
     }
 }
 
@@ -133,6 +143,23 @@ mod tests {
                 ServiceError::Provision(ProvisionError::NoTransferKey("generation failed".into())),
                 Code::Internal,
                 500,
+            ),
+            (
+                ServiceError::Provision(ProvisionError::NotAllowed("rogue.example".into())),
+                Code::PermissionDenied,
+                403,
+            ),
+            (
+                ServiceError::Provision(ProvisionError::Shared(std::sync::Arc::new(
+                    ProvisionError::Azure(AzureError::Refused {
+                        service: "KMS",
+                        url: "https://upstream.example".into(),
+                        status: 404,
+                        message: "no such key".into(),
+                    }),
+                ))),
+                Code::NotFound,
+                400,
             ),
         ];
         for (error, code, http) in cases {

@@ -2,8 +2,8 @@
 //! named by `KbsUri` and returned as JWK JSON.
 
 use super::{rpc, Backend, ServiceError};
-use crate::azure::kms::KeyUrl;
 use crate::proto::getresource as pb;
+use crate::provision::KeyRef;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -31,23 +31,13 @@ async fn get_resource(
             request.resource_path
         )));
     }
-    let (host, query) = request
-        .kbs_uri
-        .split_once('?')
-        .unwrap_or((&request.kbs_uri, ""));
-    if host.is_empty() {
+    if request.kbs_uri.is_empty() {
         return Err(ServiceError::invalid(
             "KbsUri must name the Managed HSM / Key Vault host",
         ));
     }
-    let maa = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "maa")
-        .map(|(_, v)| v.into_owned())
-        .map_or_else(|| backend.default_maa().map(str::to_owned), Ok)?;
-    let released = backend
-        .provisioner
-        .release(&KeyUrl::new(host, name), &maa)
-        .await?;
+    let key = KeyRef::azure_uri(&request.kbs_uri, name, backend.default_maa.as_deref())?;
+    let released = backend.provisioner.release(&key).await?;
     // The caller asked for the key itself: this is the one place a released key leaves aasp.
     let resource =
         serde_json::to_vec(&released.jwk).map_err(|e| ServiceError::invalid(e.to_string()))?;

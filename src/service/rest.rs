@@ -4,8 +4,8 @@
 
 use super::error::{http_status, ServiceError};
 use super::Backend;
-use crate::azure::kms::KeyUrl;
 use crate::azure::Secret;
+use crate::provision::KeyRef;
 use crate::snp::report::report_data_for_runtime;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -138,18 +138,18 @@ async fn key_release(
         return Err(ServiceError::invalid("akv_endpoint and kid are required"));
     }
     let maa = endpoint_or_default(&b, &request.maa_endpoint)?;
-    let key = if request.kid.starts_with("https://") {
-        KeyUrl::parse(&request.kid).map_err(|e| ServiceError::invalid(e.to_string()))?
+    let key = if request.kid.contains("://") {
+        KeyRef::azure_url(&request.kid, &maa)?
     } else {
-        KeyUrl::new(&request.akv_endpoint, &request.kid)
+        KeyRef::azure(&request.akv_endpoint, &request.kid, &maa)?
     };
     let released = match request.access_token.filter(|t| !t.is_empty()) {
         Some(token) => {
             b.provisioner
-                .release_with_access(&key, &maa, &Secret::new(token))
+                .release_with_access(&key, &Secret::new(token))
                 .await?
         }
-        None => b.provisioner.release(&key, &maa).await?,
+        None => b.provisioner.release(&key).await?,
     };
     // The sidecar's contract: the key is a JSON document inside a JSON string.
     let jwk =
