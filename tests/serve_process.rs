@@ -199,3 +199,56 @@ fn health_fails_when_nothing_listens() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+/// Issue 11 items 1 and 7: allow-list patterns and the configured MAA are checked at start-up,
+/// from flags, environment and the config file alike, with a message naming what is wrong.
+#[test]
+fn bad_endpoints_and_host_patterns_stop_start_up_readably() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("aasp.toml");
+    std::fs::write(
+        &config,
+        "allow-maa-host = [\"maa.example\", \"a.*.example\"]\n",
+    )
+    .unwrap();
+    let base = [
+        "serve",
+        "--attester",
+        "sim",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 4] = [
+        (
+            &["--allow-kms-host", "kms.example,http://x.example"],
+            None,
+            "only https",
+        ),
+        (&[], Some(("AASP_ALLOW_KMS_HOST", "*.")), "host pattern"),
+        (
+            &["--config", config.to_str().unwrap()],
+            None,
+            "only a leading \"*.\"",
+        ),
+        (
+            &["--maa-endpoint", "https://victim.example:1@127.0.0.1:1"],
+            None,
+            "user information",
+        ),
+    ];
+    for (extra, env, says) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aasp"));
+        command.args(base).args(extra).env_remove("AASP_CONFIG");
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}

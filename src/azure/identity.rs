@@ -304,6 +304,18 @@ mod tests {
         assert!(!err.contains("0b1f6a52"), "{err}");
     }
 
+    #[test]
+    fn the_resource_follows_the_host_called() {
+        assert_eq!(resource_for_host("kv.vault.azure.net"), VAULT_RESOURCE);
+        assert_eq!(resource_for_host("hsm.managedhsm.azure.net"), MHSM_RESOURCE);
+        // A vault name inside another host's label is not a vault.
+        assert_eq!(
+            resource_for_host("vault.azure.net.evil.example"),
+            MHSM_RESOURCE
+        );
+        assert_eq!(resource_for_host("127.0.0.1"), MHSM_RESOURCE);
+    }
+
     #[tokio::test]
     async fn a_token_file_is_read_for_every_token() {
         let dir = tempfile::tempdir().unwrap();
