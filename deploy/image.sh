@@ -3,6 +3,7 @@
 # and its test. deploy/Dockerfile produces the same layout for users with registry access:
 #   /usr/local/bin/aasp                     the binary (ENTRYPOINT aasp serve)
 #   /usr/local/bin/attestation-agent -> aasp  the CoCo attestation-agent name
+#   /skr.sh -> /usr/local/bin/aasp          the SKR sidecar's command (runs `aasp skr`)
 #   /etc/ssl/certs/ca-certificates.crt      CA bundle (MAA, Managed HSM, THIM over TLS)
 #   /etc/passwd, /etc/group                 root and nonroot (65532:65532, as distroless)
 #   /home/nonroot, /tmp                     HOME of the default user, scratch space
@@ -23,6 +24,7 @@ layout() {
   chown 65532:65532 "$root/home/nonroot"
   install -m 0755 "$bin" "$root/usr/local/bin/aasp"
   ln -sf aasp "$root/usr/local/bin/attestation-agent"
+  ln -sf /usr/local/bin/aasp "$root/skr.sh"
   # The dynamic loader and every library ldd resolves, at the same paths.
   local lib
   for lib in $(ldd "$bin" | grep -oE '/[^ ]+'); do
@@ -92,6 +94,8 @@ test_image() {
   mnt=$(buildah mount "$ctr")
   [ "$(readlink "$mnt/usr/local/bin/attestation-agent")" = aasp ] || { echo "image test: attestation-agent symlink missing" >&2; return 1; }
   chroot "$mnt" /usr/local/bin/attestation-agent --version >/dev/null
+  # A pod written for the SKR sidecar keeps `command: ["/skr.sh"]`.
+  chroot "$mnt" /skr.sh --help | grep -q ServerType || { echo "image test: /skr.sh is not aasp skr" >&2; return 1; }
   # No SNP device in a build container: the entrypoint keeps running and reports NOT_SERVING.
   run_and_probe "$mnt" "$port" NOT_SERVING
   grep -q "no SNP guest device" "$mnt/tmp/serve.log" || { echo "image test: no device log line" >&2; cat "$mnt/tmp/serve.log" >&2; return 1; }

@@ -19,6 +19,14 @@ pub const AASP_TRUST_ROOT: &str = "AASP_TRUST_ROOT";
 pub const SKR_SIDECAR_ARGS: &str = "SkrSideCarArgs";
 /// The AASP sidecar's name for the same configuration.
 pub const AASP_SIDECAR_ARGS: &str = "AaspSideCarArgs";
+/// `aasp skr`: the SKR sidecar's port (its `/skr.sh` reads `Port`), 8080 by default.
+pub const SKR_PORT: &str = "Port";
+/// `aasp skr`: `grpc` for gRPC, anything else for the REST API (the sidecar's `ServerType`).
+pub const SKR_SERVER_TYPE: &str = "ServerType";
+/// `aasp skr`: the sidecar's log level (`LogLevel`: trace … panic).
+pub const SKR_LOG_LEVEL: &str = "LogLevel";
+/// `aasp skr`: the sidecar's log file (`LogFile`), appended to.
+pub const SKR_LOG_FILE: &str = "LogFile";
 
 /// Directory of the security context Azure mounts into a confidential container.
 pub const UVM_SECURITY_CONTEXT_DIR: &str = "UVM_SECURITY_CONTEXT_DIR";

@@ -218,9 +218,13 @@ fn dockerfile_and_offline_image_share_one_layout() {
     assert!(docker.contains("EXPOSE 50000") && offline.contains("--port 50000"));
     assert!(docker.contains("USER 65532:65532") && offline.contains("--user 65532:65532"));
     // The binary and the attestation-agent name for it, at the same paths.
-    assert!(docker.contains("/usr/local/bin/") && offline.contains("$root/usr/local/bin/aasp"));
-    assert!(docker.contains("ln -s aasp /out/attestation-agent"));
+    assert!(
+        docker.contains("/out/usr/local/bin/aasp") && offline.contains("$root/usr/local/bin/aasp")
+    );
+    assert!(docker.contains("ln -s aasp /out/usr/local/bin/attestation-agent"));
     assert!(offline.contains(r#"ln -sf aasp "$root/usr/local/bin/attestation-agent""#));
+    assert!(docker.contains("ln -s /usr/local/bin/aasp /out/skr.sh"));
+    assert!(offline.contains(r#"ln -sf /usr/local/bin/aasp "$root/skr.sh""#));
     // Cargo.toml declares the bench and examples: the build context must carry them.
     for dir in ["benches", "examples", "src", "proto"] {
         assert!(docker.contains(&format!("COPY {dir} ./{dir}")), "{dir}");

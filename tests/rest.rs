@@ -42,15 +42,60 @@ async fn every_route() {
     let client = reqwest::Client::new();
     let maa = stack.emulator.host();
 
-    let status: Value = client
-        .get(format!("{base}/status"))
+    // "Status OK" once the backend is ready (health SERVING); the sidecar's "Status NOT OK",
+    // with 200, before. Polled: readiness is reported by a background task.
+    let mut status = Value::Null;
+    for _ in 0..300 {
+        status = client
+            .get(format!("{base}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status == json!({ "message": "Status OK" }) {
+            break;
+        }
+        assert_eq!(status, json!({ "message": "Status NOT OK" }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, json!({ "message": "Status OK" }));
+    let unready = aasp::service::Backend {
+        provisioner: std::sync::Arc::clone(&stack.backend.provisioner),
+        keys_dir: None,
+        default_maa: None,
+        provider_names: Vec::new(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+    };
+    let unready_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let unready_base = format!("http://{}", unready_listener.local_addr().unwrap());
+    let unready_router = aasp::service::rest::router(std::sync::Arc::new(unready));
+    tokio::spawn(async move { axum::serve(unready_listener, unready_router).await.unwrap() });
+    let response = client
+        .get(format!("{unready_base}/status"))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(status, json!({ "message": "Status OK" }));
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({ "message": "Status NOT OK" })
+    );
+
+    // Gin binds JSON whatever the Content-Type: so does aasp (SKR clients may send none).
+    for content_type in [None, Some("text/plain")] {
+        let mut request = client
+            .post(format!("{base}/attest/raw"))
+            .body(json!({ "runtime_data": STANDARD.encode("rt") }).to_string());
+        if let Some(value) = content_type {
+            request = request.header("content-type", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{content_type:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["report"].is_string(), "{content_type:?}");
+    }
 
     let (code, body) = post(
         &client,
@@ -144,6 +189,13 @@ async fn every_route() {
     bad_token["access_token"] = json!("not-a-token");
     let (code, body) = post(&client, &base, "/key/release", bad_token).await;
     assert_eq!(code, 403, "{body}");
+
+    // An unreachable HSM is a release failure: 403, as the sidecar answers, with one body.
+    let mut unreachable = release.clone();
+    unreachable["akv_endpoint"] = json!("https://127.0.0.1:1");
+    let (code, body) = post(&client, &base, "/key/release", unreachable).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].is_string());
 
     let response = client
         .post(format!("{base}/key/release"))

@@ -577,9 +577,12 @@ fn get_report_on_both_service_names() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(data.certs.matches("BEGIN CERTIFICATE").count(), 3);
+        // The SKR sidecar's encodings: base64 of the PEM chain and of the raw report.
+        let certs = String::from_utf8(STANDARD.decode(&data.certs).unwrap()).unwrap();
+        assert_eq!(certs.matches("BEGIN CERTIFICATE").count(), 3);
         let report =
-            AttestationReport::from_bytes(&hex::decode(&data.attestation_report).unwrap()).unwrap();
+            AttestationReport::from_bytes(&STANDARD.decode(&data.attestation_report).unwrap())
+                .unwrap();
         assert_eq!(report.report_data, report_data_for_runtime(b"runtime"));
         assert_eq!(data.endorsed_tcb, format!("{:016x}", report.reported_tcb));
     });

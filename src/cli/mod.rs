@@ -15,6 +15,7 @@ pub mod dev;
 mod kbs;
 mod report;
 pub mod serve;
+pub mod skr;
 mod verify;
 mod wrap;
 
@@ -92,6 +93,9 @@ enum Command {
         #[command(subcommand)]
         command: kbs::KbsCommand,
     },
+    /// Drop-in for Microsoft's SKR sidecar (also run as `skr.sh`): reads its SkrSideCarArgs,
+    /// Port, ServerType, LogLevel and LogFile and serves its REST API or gRPC on 127.0.0.1:Port.
+    Skr(skr::SkrArgs),
     /// Ask a running aasp for its gRPC health; exits 0 only when it is SERVING (for container
     /// health checks and Kubernetes exec probes, which reach the loopback listener).
     Health {
@@ -339,12 +343,20 @@ pub fn read_input(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, file: Option<std::fs::File>) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // No colour escapes in a log file.
+    let ansi = file.is_none();
+    let writer = match file {
+        Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -367,8 +379,26 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli = match skr::personality(&args) {
+        Some(argv) => Cli::parse_from(argv),
+        None => Cli::parse(),
+    };
+    let mut log_file = None;
+    if let Command::Skr(skr_args) = &cli.command {
+        match skr::prepare(skr_args) {
+            Ok(file) => log_file = file,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            if let Ok(filter) = skr::filter_for(&skr_args.log_level) {
+                std::env::set_var("RUST_LOG", filter);
+            }
+        }
+    }
+    init_logging(cli.log_format, log_file);
     if !cli.allow_core_dumps {
         // Before any thread or secret exists. A failure (e.g. a seccomp filter) is reported,
         // not fatal: refusing to start would not make the keys safer.
@@ -397,6 +427,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Wrap(args) => wrap::run(args).await,
             Command::Kbs { command } => kbs::run(command).await,
+            Command::Skr(args) => skr::run(args).await,
             Command::Health { target } => health(&target).await,
         }
     });

@@ -183,6 +183,7 @@ impl BackendArgs {
             keys_dir: self.keys_dir.clone(),
             default_maa: self.maa_endpoint.clone(),
             provider_names: self.provider_name.clone(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

@@ -27,7 +27,11 @@ pub struct AnnotationPacket {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub iv: String,
     pub wrap_type: String,
+    /// Optional on the wire, as the SKR sidecar has them (`omitempty`); an unwrap without one
+    /// fails with a message naming it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kms_endpoint: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub attester_endpoint: String,
 }
 
@@ -58,7 +62,11 @@ fn invalid(message: impl Into<String>) -> Error {
 pub struct KeyInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub public_key_path: String,
+    /// Optional, as the SKR sidecar's key-info files may omit it; a key reference then needs
+    /// the configured default (MAA) or fails naming the field (KMS).
+    #[serde(default)]
     pub kms_endpoint: String,
+    #[serde(default)]
     pub attester_endpoint: String,
 }
 
@@ -111,14 +119,44 @@ pub fn resolve(
             public_spki: None,
         });
     }
+    if key_ref.starts_with('/') {
+        return resolve_path(key_ref, default_maa);
+    }
     if key_ref.is_empty() || key_ref.contains('/') || key_ref.contains("..") {
-        return Err(invalid(format!("key name {key_ref:?} is not a plain name")));
+        return Err(invalid(format!(
+            "key name {key_ref:?} is neither a plain name nor an absolute key path"
+        )));
     }
     let dir = keys_dir.ok_or_else(|| {
         invalid(format!(
             "key {key_ref:?}: no keys directory is configured (--keys-dir)"
         ))
     })?;
+    from_info(dir, key_ref, default_maa)
+}
+
+/// The SKR sidecar's form, `skr:<key_path>`: the key-info file is `<key_path>-info.json` and the
+/// key's name is the path's last component. Absolute paths without `..` only, so a reference
+/// never depends on the server's working directory.
+fn resolve_path(key_path: &str, default_maa: Option<&str>) -> Result<ResolvedKey> {
+    use std::path::Component;
+    let path = Path::new(key_path);
+    let plain = path
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let (Some(dir), Some(name), true) = (path.parent(), path.file_name(), plain) else {
+        return Err(invalid(format!(
+            "key path {key_path:?} is not an absolute path to <dir>/<key name>"
+        )));
+    };
+    let name = name
+        .to_str()
+        .ok_or_else(|| invalid(format!("key path {key_path:?} is not UTF-8")))?;
+    from_info(dir, name, default_maa)
+}
+
+/// Reads `<dir>/<name>-info.json`; its public key path is relative to `dir` (absolute stays).
+fn from_info(dir: &Path, key_ref: &str, default_maa: Option<&str>) -> Result<ResolvedKey> {
     let info_path = dir.join(format!("{key_ref}-info.json"));
     let info: KeyInfo = serde_json::from_slice(
         &std::fs::read(&info_path)
@@ -139,10 +177,25 @@ pub fn resolve(
             ))
         })?)
     };
+    if info.kms_endpoint.trim().is_empty() {
+        return Err(invalid(format!(
+            "key info {} names no kms_endpoint: the KMS that holds {key_ref:?} is needed to unwrap",
+            info_path.display()
+        )));
+    }
+    let maa = Some(info.attester_endpoint)
+        .filter(|m| !m.trim().is_empty())
+        .or_else(|| default_maa.map(str::to_owned))
+        .ok_or_else(|| {
+            invalid(format!(
+                "key info {} names no attester_endpoint and no MAA is configured (--maa-endpoint)",
+                info_path.display()
+            ))
+        })?;
     // Key-info files are the operator's, but they can name any host: their endpoints are
     // parsed and allow-list checked like a request's (by the provisioner, before use).
     Ok(ResolvedKey {
-        key: KeyRef::azure(&info.kms_endpoint, key_ref, &info.attester_endpoint)
+        key: KeyRef::azure(&info.kms_endpoint, key_ref, &maa)
             .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?,
         public_spki,
     })
@@ -414,5 +467,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("names no MAA"));
+    }
+
+    /// The SKR sidecar's `skr:<key_path>` form (`<key_path>-info.json`, kid = last component)
+    /// and its key-info files without endpoints (they fall back to the default MAA).
+    #[test]
+    fn skr_key_paths_and_optional_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("abs.pem");
+        std::fs::write(&pem, spki_to_pem(&[0x30, 0x00])).unwrap();
+        std::fs::write(
+            dir.path().join("mykey-info.json"),
+            serde_json::json!({ "public_key_path": pem, "kms_endpoint": "kms.example" })
+                .to_string(),
+        )
+        .unwrap();
+        let key_path = dir.path().join("mykey");
+        let key_path = key_path.to_str().unwrap();
+        let r = resolve(key_path, None, Some("maa.default")).unwrap();
+        assert_eq!(
+            (r.key.kms().origin(), r.key.name(), r.key.maa().host()),
+            ("https://kms.example".to_owned(), "mykey", "maa.default")
+        );
+        assert_eq!(r.public_spki.unwrap(), vec![0x30, 0x00]);
+        assert!(resolve(key_path, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("names no attester_endpoint"));
+        let dotted = format!("{}/../mykey", dir.path().display());
+        assert!(resolve(&dotted, None, Some("m")).is_err());
+        assert!(resolve("relative/mykey", Some(dir.path()), Some("m")).is_err());
+        std::fs::write(dir.path().join("nokms-info.json"), "{}").unwrap();
+        let nokms = format!("{}/nokms", dir.path().display());
+        assert!(resolve(&nokms, None, Some("m"))
+            .unwrap_err()
+            .to_string()
+            .contains("names no kms_endpoint"));
+        // Annotation packets without endpoints parse (and fail later, naming them).
+        let packet = STANDARD.encode(r#"{"kid":"k","wrapped_data":"AA==","wrap_type":"rsa_3072"}"#);
+        let parsed = AnnotationPacket::from_annotation(&packet).unwrap();
+        assert!(parsed.kms_endpoint.is_empty() && parsed.attester_endpoint.is_empty());
     }
 }

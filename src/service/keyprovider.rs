@@ -361,10 +361,12 @@ async fn attestation_data(
     )
     .await?;
     let e = &attested.endorsement;
+    // The SKR sidecar's encodings (its grpcserver GetAttestationData): THIM's tcbm text, base64
+    // of the PEM chain (VCEK first), base64 of the raw report.
     Ok(new::KeyProviderGetAttestationDataOutput {
-        endorsed_tcb: format!("{:016x}", e.tcbm),
-        certs: e.chain.to_pem(),
-        attestation_report: hex::encode(&attested.raw),
+        endorsed_tcb: e.tcbm_text.clone(),
+        certs: STANDARD.encode(e.chain.to_pem()),
+        attestation_report: STANDARD.encode(&attested.raw),
         uvm_reference_info: e
             .uvm_reference_info
             .as_ref()

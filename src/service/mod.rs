@@ -31,6 +31,9 @@ pub struct Backend {
     pub default_maa: Option<String>,
     /// Provider names accepted in ocicrypt parameters besides `attestation-agent`.
     pub provider_names: Vec<String>,
+    /// Set once the attester and certificate chain answered (health SERVING); the REST
+    /// `/status` says "Status NOT OK" until then, as the SKR sidecar does before it is set up.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -249,6 +252,9 @@ pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::serve
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
+    backend
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("attester and certificate chain ready: SERVING");
 }
 

@@ -1,13 +1,16 @@
 //! The SKR sidecar's REST API (`--rest-listen`), for workloads written against Microsoft's
-//! confidential sidecar: same routes and bodies, but exactly one JSON body per response, and
-//! errors as `{"error": "..."}` with 400 (bad request), 403 (refused) or 500.
+//! confidential sidecar: same routes and bodies, but exactly one JSON body per response.
+//! As the sidecar (Gin's `ShouldBindJSON`), a body is JSON whatever its `Content-Type` says;
+//! `/status` answers 200 with "Status NOT OK" until the backend is ready; errors are
+//! `{"error": "..."}` with 400 for a bad request and 403 for any attestation or release failure
+//! (the sidecar's code for those), 500 only for aasp's own faults.
 
 use super::error::{http_status, ServiceError};
 use super::Backend;
 use crate::azure::Secret;
 use crate::provision::KeyRef;
 use crate::snp::report::report_data_for_runtime;
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -33,19 +36,31 @@ pub fn router(backend: Arc<Backend>) -> Router {
 /// The one place REST errors become responses.
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(http_status(self.code()))
+        let status = StatusCode::from_u16(skr_status(self.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         tracing::warn!(status = status.as_u16(), error = %self, "REST request failed");
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
 }
 
+/// The SKR sidecar's status codes: its handlers answer 400 when the body does not bind and 403
+/// when attestation or release fails, whatever the cause (a refusal, an unknown key, an
+/// unreachable MAA or HSM, a missing device); aasp keeps 500 for its own internal faults.
+fn skr_status(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument => http_status(code),
+        Code::Internal => 500,
+        _ => 403,
+    }
+}
+
 type Reply = Result<Json<Value>, ServiceError>;
 
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ServiceError> {
-    payload
-        .map(|Json(v)| v)
-        .map_err(|e| ServiceError::invalid(format!("request body: {}", e.body_text())))
+/// The request body as JSON, with or without `Content-Type: application/json`.
+fn body<T: serde::de::DeserializeOwned>(payload: &Bytes) -> Result<T, ServiceError> {
+    serde_json::from_slice(payload)
+        .map_err(|e| ServiceError::invalid(format!("request body is not the expected JSON: {e}")))
 }
 
 fn runtime_data(b64: &str) -> Result<Vec<u8>, ServiceError> {
@@ -54,8 +69,12 @@ fn runtime_data(b64: &str) -> Result<Vec<u8>, ServiceError> {
         .map_err(|_| ServiceError::invalid("runtime_data is not standard base64"))
 }
 
-async fn status() -> Json<Value> {
-    Json(json!({ "message": "Status OK" }))
+async fn status(State(b): State<Arc<Backend>>) -> Json<Value> {
+    if b.ready.load(std::sync::atomic::Ordering::Acquire) {
+        Json(json!({ "message": "Status OK" }))
+    } else {
+        Json(json!({ "message": "Status NOT OK" }))
+    }
 }
 
 #[derive(Deserialize)]
@@ -64,22 +83,16 @@ struct RuntimeRequest {
     runtime_data: String,
 }
 
-async fn attest_raw(
-    State(b): State<Arc<Backend>>,
-    payload: Result<Json<RuntimeRequest>, JsonRejection>,
-) -> Reply {
-    let request = body(payload)?;
+async fn attest_raw(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
+    let request: RuntimeRequest = body(&payload)?;
     let report_data = report_data_for_runtime(&runtime_data(&request.runtime_data)?);
     let (_, raw) =
         crate::snp::attester::fetch_report(b.provisioner.attester(), report_data).await?;
     Ok(Json(json!({ "report": hex::encode(raw) })))
 }
 
-async fn attest_combined(
-    State(b): State<Arc<Backend>>,
-    payload: Result<Json<RuntimeRequest>, JsonRejection>,
-) -> Reply {
-    let request = body(payload)?;
+async fn attest_combined(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
+    let request: RuntimeRequest = body(&payload)?;
     let report_data = report_data_for_runtime(&runtime_data(&request.runtime_data)?);
     let attested = crate::snp::chain::attest(
         b.provisioner.attester(),
@@ -89,7 +102,7 @@ async fn attest_combined(
     .await?;
     let e = &attested.endorsement;
     Ok(Json(json!({
-        "endorsed_tcb": format!("{:016x}", e.tcbm),
+        "endorsed_tcb": e.tcbm_text,
         "endorsements": STANDARD.encode(e.chain.to_pem()),
         "evidence": STANDARD.encode(&attested.raw),
         "uvm_endorsements": e.uvm_reference_info.as_ref().map(|r| STANDARD.encode(r)).unwrap_or_default(),
@@ -104,11 +117,8 @@ struct MaaRequest {
     runtime_data: String,
 }
 
-async fn attest_maa(
-    State(b): State<Arc<Backend>>,
-    payload: Result<Json<MaaRequest>, JsonRejection>,
-) -> Reply {
-    let request = body(payload)?;
+async fn attest_maa(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
+    let request: MaaRequest = body(&payload)?;
     let maa = endpoint_or_default(&b, &request.maa_endpoint)?;
     let token = b
         .provisioner
@@ -129,11 +139,8 @@ struct ReleaseRequest {
     access_token: Option<String>,
 }
 
-async fn key_release(
-    State(b): State<Arc<Backend>>,
-    payload: Result<Json<ReleaseRequest>, JsonRejection>,
-) -> Reply {
-    let request = body(payload)?;
+async fn key_release(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
+    let request: ReleaseRequest = body(&payload)?;
     if request.akv_endpoint.is_empty() || request.kid.is_empty() {
         return Err(ServiceError::invalid("akv_endpoint and kid are required"));
     }

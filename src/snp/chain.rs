@@ -38,6 +38,9 @@ pub struct Endorsement {
     pub chain: Chain,
     /// The TCB the chain certifies: THIM's `tcbm` when it says, else the VCEK's extensions.
     pub tcbm: u64,
+    /// The same TCB as text for the SKR sidecar's `endorsed_tcb`: THIM's `tcbm` string exactly as
+    /// THIM gave it, else 16 lower-case hex digits.
+    pub tcbm_text: String,
     /// Azure's UVM reference info (COSE_Sign1), from the security context.
     pub uvm_reference_info: Option<Vec<u8>>,
 }
@@ -85,9 +88,15 @@ impl ThimDocument {
             u64::from_str_radix(self.tcbm.trim(), 16)
                 .map_err(|_| format!("tcbm {:?} is not a hex u64", self.tcbm))?
         };
+        let tcbm_text = if self.tcbm.is_empty() {
+            format!("{tcbm:016x}")
+        } else {
+            self.tcbm.trim().to_owned()
+        };
         Ok(Endorsement {
             chain,
             tcbm,
+            tcbm_text,
             uvm_reference_info: reference_info,
         })
     }
@@ -105,6 +114,7 @@ fn endorsement_from_pem(pem: &[u8]) -> std::result::Result<Endorsement, String> 
     Ok(Endorsement {
         chain,
         tcbm,
+        tcbm_text: format!("{tcbm:016x}"),
         uvm_reference_info: None,
     })
 }
@@ -538,7 +548,8 @@ impl SideCarArgs {
     /// From `SkrSideCarArgs`, else `AaspSideCarArgs`; `Ok(None)` when neither is set.
     pub fn from_env() -> std::result::Result<Option<Self>, String> {
         for var in [env::SKR_SIDECAR_ARGS, env::AASP_SIDECAR_ARGS] {
-            if let Ok(value) = std::env::var(var) {
+            // Set but empty means unset, as the sidecar's skr.sh treats it.
+            if let Some(value) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
                 return Self::parse(&value)
                     .map(Some)
                     .map_err(|e| format!("{var}: {e}"));
