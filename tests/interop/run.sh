@@ -18,3 +18,6 @@ start_dev "$state" $(( 50100 + RANDOM % 800 ))
 "$venv/bin/python" -c 'import jwcrypto' 2>/dev/null \
   || "$venv/bin/pip" install --quiet --disable-pip-version-check jwcrypto
 "$venv/bin/python" "$root/tests/interop/kbs_jwe.py" "$AASP"
+
+# SKR sidecar drop-in: the sidecar's own client requests against aasp started as its /skr.sh.
+"$root/tests/interop/skr.sh" "$venv" "$stubs"
