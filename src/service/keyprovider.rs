@@ -9,7 +9,10 @@
 //! numbers where its structs hold `Vec<u8>`, the wrap `optsdata` as the raw private-options JSON
 //! text, and `"dc":{"Parameters":{}}` when no decryption key was named. Replies carry both result
 //! keys with byte fields as arrays of numbers, never null: ocicrypt-rs reads them only that way
-//! (plain `Vec<u8>`), and Go's `[]byte` decodes a JSON array as well.
+//! (plain `Vec<u8>`), and Go's `[]byte` decodes a JSON array as well. The exception is
+//! `key_provider.*`, the SKR sidecar's name: it replies as the sidecar does (Go's `[]byte`:
+//! standard base64 strings, null when empty), because that sidecar's clients (its own test
+//! suite among them) base64-decode the fields; no ocicrypt-rs client calls that name.
 
 use super::{rpc, Backend, ServiceError};
 use crate::proto::{key_provider as new, keyprovider as old};
@@ -141,22 +144,53 @@ impl ByteField {
     }
 }
 
+/// How a reply writes its byte fields: number arrays (every ocicrypt client parses them), or
+/// the SKR sidecar's base64 strings with null for empty (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Arrays,
+    Base64,
+}
+
 /// The reply, written straight into a zeroizing buffer sized up front (no reallocation leaves a
-/// copy of the layer key behind): both result keys, byte fields as arrays of numbers.
-fn output(annotation: &[u8], optsdata: &[u8]) -> Zeroizing<Vec<u8>> {
+/// copy of the layer key behind): both result keys, byte fields in `form`.
+fn output(form: Form, annotation: &[u8], optsdata: &[u8]) -> Zeroizing<Vec<u8>> {
     const HEAD: &[u8] = br#"{"keywrapresults":{"annotation":"#;
     const MIDDLE: &[u8] = br#"},"keyunwrapresults":{"optsdata":"#;
     const TAIL: &[u8] = b"}}";
-    // Each byte takes at most three digits and a comma; each array two brackets.
+    // Each byte takes at most three digits and a comma (base64: 4/3 and padding); each field
+    // two brackets or quotes, or "null".
     let capacity =
-        HEAD.len() + MIDDLE.len() + TAIL.len() + 4 + 4 * (annotation.len() + optsdata.len());
+        HEAD.len() + MIDDLE.len() + TAIL.len() + 8 + 4 * (annotation.len() + optsdata.len());
     let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+    let push = match form {
+        Form::Arrays => push_array,
+        Form::Base64 => push_base64_or_null,
+    };
     out.extend_from_slice(HEAD);
-    push_array(&mut out, annotation);
+    push(&mut out, annotation);
     out.extend_from_slice(MIDDLE);
-    push_array(&mut out, optsdata);
+    push(&mut out, optsdata);
     out.extend_from_slice(TAIL);
     out
+}
+
+/// Go's `json.Marshal` of a `[]byte`: a standard base64 string, `null` for none.
+fn push_base64_or_null(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    out.push(b'"');
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
+        0,
+    );
+    if let Some(dst) = out.get_mut(start..) {
+        let _ = STANDARD.encode_slice(bytes, dst);
+    }
+    out.push(b'"');
 }
 
 fn push_array(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -223,7 +257,11 @@ const DEFAULT_SELECTORS: [&str; 2] = ["", "enabled"];
 
 const SCHEMES: [&str; 3] = ["aasp", "skr", "aaa"];
 
-async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+async fn wrap_key(
+    backend: &Backend,
+    input: &[u8],
+    form: Form,
+) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| ServiceError::invalid(format!("keyprovider input is not valid JSON: {e}")))?;
     match input.op.as_deref() {
@@ -274,7 +312,7 @@ async fn wrap_key(backend: &Backend, input: &[u8]) -> Result<Zeroizing<Vec<u8>>,
         .await?;
     let annotation = serde_json::to_vec(&packet)
         .map_err(|e| ServiceError::invalid(format!("cannot encode the annotation: {e}")))?;
-    Ok(output(&annotation, &[]))
+    Ok(output(form, &annotation, &[]))
 }
 
 fn provider_names(backend: &Backend) -> String {
@@ -284,7 +322,11 @@ fn provider_names(backend: &Backend) -> String {
         .join(", ")
 }
 
-async fn unwrap_key(backend: &Backend, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+async fn unwrap_key(
+    backend: &Backend,
+    input: &[u8],
+    form: Form,
+) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| ServiceError::invalid(format!("keyprovider input is not valid JSON: {e}")))?;
     match input.op.as_deref() {
@@ -323,7 +365,7 @@ async fn unwrap_key(backend: &Backend, input: &[u8]) -> Result<Zeroizing<Vec<u8>
         ))
     })?;
     let layer_key = backend.provisioner.unwrap_layer_key(&packet).await?;
-    Ok(output(&[], &layer_key))
+    Ok(output(form, &[], &layer_key))
 }
 
 /// AASP's GetReport: the hex string *is* report_data (≤ 64 bytes, zero-padded).
@@ -390,7 +432,7 @@ impl old::key_provider_service_server::KeyProviderService for Aasp {
     ) -> Result<Response<old::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("keyprovider/WrapKey", async {
             let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
-            let out = into_message_bytes(wrap_key(&self.0, &input).await?);
+            let out = into_message_bytes(wrap_key(&self.0, &input, Form::Arrays).await?);
             Ok(old::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -404,7 +446,7 @@ impl old::key_provider_service_server::KeyProviderService for Aasp {
     ) -> Result<Response<old::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("keyprovider/UnWrapKey", async {
             let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
-            let out = into_message_bytes(unwrap_key(&self.0, &input).await?);
+            let out = into_message_bytes(unwrap_key(&self.0, &input, Form::Arrays).await?);
             Ok(old::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -448,7 +490,7 @@ impl new::key_provider_service_server::KeyProviderService for Sidecar {
     ) -> Result<Response<new::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("key_provider/WrapKey", async {
             let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
-            let out = into_message_bytes(wrap_key(&self.0, &input).await?);
+            let out = into_message_bytes(wrap_key(&self.0, &input, Form::Base64).await?);
             Ok(new::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -462,7 +504,7 @@ impl new::key_provider_service_server::KeyProviderService for Sidecar {
     ) -> Result<Response<new::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("key_provider/UnWrapKey", async {
             let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
-            let out = into_message_bytes(unwrap_key(&self.0, &input).await?);
+            let out = into_message_bytes(unwrap_key(&self.0, &input, Form::Base64).await?);
             Ok(new::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -516,7 +558,7 @@ mod tests {
     #[test]
     fn reply_arrays_hold_every_byte_value() {
         let every: Vec<u8> = (0..=255).collect();
-        let reply = output(b"{\"kid\":\"k\"}", &every);
+        let reply = output(Form::Arrays, b"{\"kid\":\"k\"}", &every);
         // The buffer was sized once: no reallocation left a copy behind.
         assert!(reply.len() <= reply.capacity());
         let doc: serde_json::Value = serde_json::from_slice(&reply).unwrap();
@@ -527,8 +569,25 @@ mod tests {
             serde_json::from_value(doc["keywrapresults"]["annotation"].clone()).unwrap();
         assert_eq!(annotation, b"{\"kid\":\"k\"}");
         assert_eq!(
-            &*output(&[], &[]),
+            &*output(Form::Arrays, &[], &[]),
             br#"{"keywrapresults":{"annotation":[]},"keyunwrapresults":{"optsdata":[]}}"#
+        );
+    }
+
+    /// `key_provider.*` replies as the SKR sidecar (Go `[]byte`): base64 strings, null if empty.
+    #[test]
+    fn sidecar_replies_in_base64() {
+        let every: Vec<u8> = (0..=255).collect();
+        let reply = output(Form::Base64, &[], &every);
+        assert!(reply.len() <= reply.capacity());
+        let doc: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert!(doc["keywrapresults"]["annotation"].is_null());
+        let optsdata = doc["keyunwrapresults"]["optsdata"].as_str().unwrap();
+        assert_eq!(STANDARD.decode(optsdata).unwrap(), every);
+        let reply = output(Form::Base64, b"{}", &[]);
+        assert_eq!(
+            &*reply,
+            br#"{"keywrapresults":{"annotation":"e30="},"keyunwrapresults":{"optsdata":null}}"#
         );
     }
 

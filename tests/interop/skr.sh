@@ -15,7 +15,7 @@ rm -rf "$state"
   || "$venv/bin/pip" install --quiet --disable-pip-version-check requests
 
 source "$root/examples/lib.sh"
-start_dev "$state/dev" $(( 50100 + RANDOM % 800 ))
+start_dev "$state/dev" $(( 52900 + RANDOM % 600 ))
 
 # The sidecar's command name: a symlink named skr.sh runs `aasp skr`.
 mkdir -p "$state/bin"
