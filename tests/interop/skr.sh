@@ -24,9 +24,12 @@ rest_port=$(( 51000 + RANDOM % 400 ))
 grpc_port=$(( rest_port + 400 ))
 certcache=$(printf '{"certcache":{"endpoint_type":"LocalTHIM","endpoint":"%s/metadata/THIM/amd/certification"}}' "$EMULATOR" | base64 -w0)
 # Only the emulator needs aasp's own settings: the simulated device (same chip as aasp dev's),
-# the emulator as IMDS, and its dev CA. The chain source comes from SkrSideCarArgs.
+# the emulator as IMDS, its dev CA, and its host on the MAA/KMS allow-lists (on Azure the
+# defaults, *.attest.azure.net and *.managedhsm.azure.net/*.vault.azure.net, cover the
+# sidecar's endpoints). The chain source comes from SkrSideCarArgs.
 skr_env=(SkrSideCarArgs="$certcache" AASP_ATTESTER=sim AASP_STATE_DIR="$state/dev"
-         AASP_CERT_SOURCE=thim AASP_IMDS_ENDPOINT="$EMULATOR" AASP_EXTRA_CA="$CA" LogLevel=info)
+         AASP_CERT_SOURCE=thim AASP_IMDS_ENDPOINT="$EMULATOR" AASP_EXTRA_CA="$CA"
+         AASP_ALLOW_MAA_HOST="$MAA" AASP_ALLOW_KMS_HOST="$MAA" LogLevel=info)
 env "${skr_env[@]}" Port="$rest_port" LogFile="$state/rest.log" "$state/bin/skr.sh" > "$state/rest.out" 2>&1 &
 rest_pid=$!
 env "${skr_env[@]}" Port="$grpc_port" ServerType=grpc "$state/bin/skr.sh" > "$state/grpc.log" 2>&1 &
