@@ -130,3 +130,65 @@ fn dev_prints_the_metrics_listener_as_metrics_only() {
         "metrics {metrics} listed as gRPC: {grpc:?}"
     );
 }
+
+/// `aasp serve --self-check` and the requirement flags: the server verifies its own report
+/// before health says SERVING, so a platform below the requirements never serves keys.
+#[tokio::test]
+async fn the_self_check_holds_back_a_platform_below_the_requirements() {
+    use aasp::cli::serve::{BackendArgs, RequirementArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = aasp::snp::sim::Simulated::open(&aasp::snp::sim::SimOptions {
+        state_dir: dir.path().into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut config = aasp::emulator::Config::new(dir.path().into());
+    config.extra_roots = aasp::snp::attester::Attester::simulated_root(&sim)
+        .into_iter()
+        .collect();
+    config.thim_json = Some(sim.thim_json());
+    let emulator = aasp::emulator::start(config).await.unwrap();
+    let backend_with = |requirements: RequirementArgs, self_check: bool| {
+        let mut args =
+            BackendArgs::for_emulator(&emulator.url, &emulator.ca_path, dir.path(), None);
+        args.requirements = requirements;
+        args.self_check = self_check;
+        args.build().unwrap()
+    };
+
+    // The simulated platform has SMT enabled.
+    let backend = backend_with(
+        RequirementArgs {
+            deny_smt: true,
+            ..Default::default()
+        },
+        false,
+    );
+    let err = aasp::service::ready(&backend).await.unwrap_err();
+    assert!(err.contains("SMT disabled"), "{err}");
+    let backend = backend_with(
+        RequirementArgs {
+            min_tcb: Some("snp=9".parse().unwrap()),
+            ..Default::default()
+        },
+        false,
+    );
+    let err = aasp::service::ready(&backend).await.unwrap_err();
+    assert!(err.contains("minimum TCB"), "{err}");
+
+    // Requirements it meets (the simulator reports SNP 8 at VMPL 0, no migration agent).
+    let backend = backend_with(
+        RequirementArgs {
+            min_tcb: Some("bootloader=3,snp=8,microcode=115".parse().unwrap()),
+            max_vmpl: Some(0),
+            deny_migration_agent: true,
+            ..Default::default()
+        },
+        false,
+    );
+    aasp::service::ready(&backend).await.unwrap();
+    let backend = backend_with(RequirementArgs::default(), true);
+    assert!(backend.self_check.is_some());
+    aasp::service::ready(&backend).await.unwrap();
+    emulator.shutdown();
+}

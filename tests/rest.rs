@@ -67,6 +67,7 @@ async fn every_route() {
         default_maa: None,
         provider_names: Vec::new(),
         ready: std::sync::atomic::AtomicBool::new(false),
+        self_check: None,
     };
     let unready_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let unready_base = format!("http://{}", unready_listener.local_addr().unwrap());

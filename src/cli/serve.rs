@@ -1,5 +1,6 @@
 //! `aasp serve`: the gRPC server.
 
+pub use super::verify::RequirementArgs;
 use super::{AttesterArgs, ChainArgs, TlsArgs};
 use crate::azure::identity::IdentityProvider;
 use crate::azure::jws::Anchors;
@@ -80,6 +81,13 @@ pub struct BackendArgs {
     pub chain: ChainArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Verify the server's own report (signature, chain to the trusted roots) before health says
+    /// SERVING; implied by the requirement flags below.
+    #[arg(long)]
+    pub self_check: bool,
+    /// Requirements the server's own report must meet before it serves.
+    #[command(flatten)]
+    pub requirements: RequirementArgs,
 }
 
 impl BackendArgs {
@@ -123,6 +131,8 @@ impl BackendArgs {
             tls: TlsArgs {
                 extra_ca: Some(emulator_ca.to_path_buf()),
             },
+            self_check: false,
+            requirements: Default::default(),
         }
     }
 
@@ -174,6 +184,17 @@ impl BackendArgs {
         if tokio::runtime::Handle::try_current().is_ok() {
             provisioner.spawn_cache_sweeper();
         }
+        let requirements = self.requirements.requirements();
+        let self_check = if self.self_check || requirements != Default::default() {
+            Some(crate::service::SelfCheck {
+                trust: self
+                    .chain
+                    .trust_store(provisioner.attester().simulated_root())?,
+                requirements,
+            })
+        } else {
+            None
+        };
         if self.transfer_key_rotation > 0 && tokio::runtime::Handle::try_current().is_ok() {
             provisioner
                 .spawn_transfer_key_rotation(Duration::from_secs(self.transfer_key_rotation));
@@ -184,6 +205,7 @@ impl BackendArgs {
             default_maa: self.maa_endpoint.clone(),
             provider_names: self.provider_name.clone(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            self_check,
         }))
     }
 }

@@ -34,6 +34,16 @@ pub struct Backend {
     /// Set once the attester and certificate chain answered (health SERVING); the REST
     /// `/status` says "Status NOT OK" until then, as the SKR sidecar does before it is set up.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Verify the server's own report (and these requirements) before health says SERVING.
+    pub self_check: Option<SelfCheck>,
+}
+
+/// What the server demands of its own report before it serves (`aasp serve --self-check`):
+/// signature and chain to `trust`, plus `requirements` (minimum TCB, VMPL, SMT, migration agent).
+#[derive(Debug, Clone)]
+pub struct SelfCheck {
+    pub trust: crate::snp::verify::TrustStore,
+    pub requirements: crate::snp::verify::Requirements,
 }
 
 impl Backend {
@@ -238,10 +248,10 @@ pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::serve
     }
     let mut delay = Duration::from_millis(100);
     loop {
-        match backend.provisioner.evidence(b"").await {
-            Ok(_) => break,
+        match ready(&backend).await {
+            Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "not ready: attester or certificate chain unavailable");
+                tracing::warn!(error = %e, retry_in = ?delay, "not ready: attester or certificate chain unavailable, or the self-check failed");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -256,6 +266,30 @@ pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::serve
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("attester and certificate chain ready: SERVING");
+}
+
+/// Whether the attester and chain answer and, with a self-check, whether the server's own
+/// report verifies and meets the requirements: a platform below them never serves keys.
+pub async fn ready(backend: &Backend) -> Result<(), String> {
+    let Some(check) = &backend.self_check else {
+        return backend
+            .provisioner
+            .evidence(b"")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    };
+    let verification = crate::snp::verify::self_check(
+        backend.provisioner.attester(),
+        backend.provisioner.chains(),
+        &check.trust,
+        &check.requirements,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    verification
+        .into_result()
+        .map_err(|e| format!("self-check: {e}"))
 }
 
 /// A bound listener, ready to serve.

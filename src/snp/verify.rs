@@ -337,6 +337,29 @@ pub fn verify_report_with(
     v
 }
 
+/// The server's self-check: a fresh report from `attester`, its chain from `chains` (with the
+/// TCB refresh rule), verified against `trust` and `requirements` now. An error when the
+/// report or chain cannot be had; the verification (passed or not) otherwise.
+pub async fn self_check(
+    attester: &std::sync::Arc<dyn crate::snp::attester::Attester>,
+    chains: &crate::snp::chain::ChainCache,
+    trust: &TrustStore,
+    requirements: &Requirements,
+) -> crate::snp::Result<Verification> {
+    let attested = crate::snp::chain::attest(attester, chains, [0; 64]).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    Ok(verify_report_with(
+        &attested.report,
+        &attested.endorsement.chain,
+        trust,
+        now,
+        requirements,
+    ))
+}
+
 fn check_requirements(v: &mut Verification, report: &AttestationReport, req: &Requirements) {
     if let Some(min) = &req.min_tcb {
         let tcb = report.tcb(report.reported_tcb);
