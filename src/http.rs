@@ -345,6 +345,24 @@ pub async fn read_body_zeroizing(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn bodies_are_read_whole_or_refused_over_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router =
+            axum::Router::new().route("/", axum::routing::get(|| async { "x".repeat(5000) }));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let get = || reqwest::Client::new().get(format!("http://{addr}/")).send();
+        let body = read_body_zeroizing(get().await.unwrap(), 5000)
+            .await
+            .unwrap();
+        assert_eq!(body.as_slice(), "x".repeat(5000).as_bytes());
+        let err = read_body_zeroizing(get().await.unwrap(), 4999)
+            .await
+            .unwrap_err();
+        assert!(err.contains("larger than 4999 bytes"), "{err}");
+    }
+
     #[test]
     fn endpoints_parse_to_the_host_connected_to() {
         let ok = |text: &str| Endpoint::parse(text).unwrap();

@@ -5,7 +5,7 @@ use crate::azure::jwk::Jwk;
 use crate::azure::jws::{verify_x5c, Anchors};
 use crate::azure::policy::ReleasePolicy;
 use crate::azure::{status_error, Error, Result, Secret};
-use crate::http::{quoted, send_with_retry, Endpoint, RetryPolicy};
+use crate::http::{quoted, read_body_zeroizing, send_with_retry, Endpoint, RetryPolicy};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 pub const API_VERSION: &str = "7.4";
+
+/// KMS answers (a key, a release JWS with its certificate chain) are kilobytes; 4 MiB is ample.
+const MAX_BODY: usize = 4 << 20;
 
 /// `https://<kms-host>/keys/<name>[/<version>]`, validated: the host is the one connected to
 /// (and the one the release JWS must be signed for), the name and version are what Key Vault
@@ -194,12 +197,24 @@ impl KmsClient {
         )
         .await?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
         let url = url.split('?').next().unwrap_or_default().to_owned();
+        // Bounded, and zeroized: a release response carries the wrapped key.
+        let body = read_body_zeroizing(response, MAX_BODY)
+            .await
+            .map_err(|reason| Error::BadResponse {
+                service: "KMS",
+                url: url.clone(),
+                reason,
+            })?;
         if !status.is_success() {
-            return Err(status_error("KMS", &url, status, &text));
+            return Err(status_error(
+                "KMS",
+                &url,
+                status,
+                &String::from_utf8_lossy(&body),
+            ));
         }
-        serde_json::from_str(&text).map_err(|e| Error::BadResponse {
+        serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
             service: "KMS",
             url,
             reason: format!("not JSON: {e}"),

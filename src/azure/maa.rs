@@ -138,7 +138,14 @@ impl MaaClient {
                 message: String::new(),
             });
         }
-        response.json().await.map_err(|e| Error::BadResponse {
+        let body = read_body_zeroizing(response, MAX_BODY)
+            .await
+            .map_err(|reason| Error::BadResponse {
+                service: "MAA",
+                url: url.clone(),
+                reason,
+            })?;
+        serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
             service: "MAA",
             url,
             reason: format!("JWKS: {e}"),
