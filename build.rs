@@ -36,6 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug(SECRET_MESSAGES)
         // A request that is not protobuf is INVALID_ARGUMENT (tonic's codec says INTERNAL).
         .codec_path("crate::service::codec::ProtobufCodec")
+        // The released key: `Bytes` whose owner zeroizes it once the reply is sent.
+        .bytes(".getresource.GetResourceResponse.Resource")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! - `cli`: the `aasp` command and its subcommands.
 //! - `snp`: the attestation core: report, devices and simulator, certificate chain, verification.
 //! - `http`: the one outbound HTTP client builder (rustls, explicit extra CA, timeouts).
+//! - `echo`: caller-supplied text cut to a bounded length before it reaches a log or a status.
 //! - `env`: every environment variable aasp reads.
 //! - `files`: every file aasp writes, with an explicit mode whatever the umask.
 //! - `hardening`: no core dumps, no ptrace attach of a process holding keys.
@@ -20,6 +21,7 @@
 
 pub mod azure;
 pub mod cli;
+pub mod echo;
 pub mod emulator;
 pub mod env;
 pub mod files;

@@ -135,3 +135,134 @@ fn a_request_that_is_not_protobuf_is_invalid_argument() {
         assert!(hello.ends_with(b"Hello hi"), "{hello:?}");
     });
 }
+
+/// Opens `n` raw TCP connections to `addr`, each sending `first` (possibly nothing) and then
+/// nothing more.
+fn idle_connections(addr: &str, n: usize, first: &[u8]) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            if !first.is_empty() {
+                tcp.write_all(first).unwrap();
+            }
+            tcp
+        })
+        .collect()
+}
+
+/// 300 idle gRPC connections and 300 REST clients stuck in their headers, against a server
+/// allowed 256 descriptors: health and REST must still answer (the old server stopped accepting
+/// once its descriptors ran out).
+#[test]
+fn idle_and_slow_connections_cannot_keep_health_or_rest_out() {
+    use std::io::{BufRead, BufReader};
+    let state = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_aasp"))
+        .args(["serve", "--attester", "sim", "--listen", "127.0.0.1:0"])
+        .args(["--rest-listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut grpc, mut rest) = (String::new(), String::new());
+    while grpc.is_empty() || rest.is_empty() {
+        let line = lines.next().expect("serve exited early").unwrap();
+        if let Some(addr) = line.strip_prefix("aasp serving gRPC on ") {
+            grpc = addr.to_owned();
+        } else if let Some(url) = line.strip_prefix("aasp serving the SKR REST API on http://") {
+            rest = url.to_owned();
+        }
+    }
+    let _idle = idle_connections(&grpc, 300, b"");
+    let _slow = idle_connections(&rest, 300, b"GET /status HTTP/1.1\r\nHost: x\r\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime.block_on(async {
+        let health = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+            let channel = Channel::from_shared(format!("http://{grpc}"))?
+                .connect()
+                .await?;
+            let mut client = HealthClient::new(channel);
+            client
+                .check(HealthCheckRequest::default())
+                .await
+                .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
+        })
+        .await;
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            reqwest::get(format!("http://{rest}/status"))
+                .await?
+                .text()
+                .await
+        })
+        .await;
+        (health, status)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let (health, status) = result;
+    assert!(
+        matches!(health, Ok(Ok(_))),
+        "health did not answer: {health:?}"
+    );
+    let status = status.expect("REST did not answer").unwrap();
+    assert!(status.contains("Status OK"), "{status}");
+}
+
+/// 300 streams that send headers and never a body, on 3 connections: SayHello on another
+/// connection must still answer (the old server gave each waiting stream a concurrency permit,
+/// and 256 permits were gone).
+#[test]
+fn header_only_streams_do_not_starve_other_calls() {
+    run(async {
+        let addr = shared().stack.server.listeners[0].to_string();
+        let mut held = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+            let mut ping = {
+                let mut connection = connection;
+                let ping = connection.ping_pong().unwrap();
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                ping
+            };
+            for _ in 0..100 {
+                client = client.ready().await.unwrap();
+                let request = tonic::codegen::http::Request::builder()
+                    .method("POST")
+                    .uri(format!(
+                        "http://{addr}/keyprovider.KeyProviderService/SayHello"
+                    ))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .unwrap();
+                let (response, stream) = client.send_request(request, false).unwrap();
+                held.push((response, stream));
+            }
+            // The server handles frames in order: once the PING is answered, it has seen
+            // every stream's headers.
+            ping.ping(h2::Ping::opaque()).await.unwrap();
+            clients.push(client);
+        }
+        for i in 0..3 {
+            let mut client = aasp::proto::keyprovider::key_provider_service_client::KeyProviderServiceClient::new(channel().await);
+            let mut request = tonic::Request::new(aasp::proto::keyprovider::HelloRequest {
+                name: format!("starved {i}"),
+            });
+            request.set_timeout(std::time::Duration::from_secs(5));
+            let reply = client.say_hello(request).await;
+            assert!(reply.is_ok(), "SayHello {i} was starved: {reply:?}");
+        }
+        drop((held, clients));
+    });
+}

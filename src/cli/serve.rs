@@ -8,6 +8,7 @@ use crate::azure::kms::KmsClient;
 use crate::env;
 use crate::http::RetryPolicy;
 use crate::provision::{Provisioner, ProvisionerParts};
+use crate::service::conn::ConnectionLimits;
 use crate::service::{grpc_router, report_readiness, Backend, Bound, Limits, Listen};
 use clap::Args;
 use std::path::PathBuf;
@@ -236,14 +237,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// Serves one more listener under the same shutdown signal.
+    /// Serves one more gRPC listener under the same shutdown signal.
     pub fn add(&mut self, bound: Bound, router: axum::Router) {
+        self.add_with(bound, router, ConnectionLimits::grpc());
+    }
+
+    /// Serves one more listener with its own connection limits (REST and metrics: `http()`).
+    pub fn add_with(&mut self, bound: Bound, router: axum::Router, limits: ConnectionLimits) {
         let mut stopped = self.stop.subscribe();
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
         self.listeners.push(bound.local());
-        self.tasks.push(tokio::spawn(bound.serve(router, shutdown)));
+        self.tasks
+            .push(tokio::spawn(bound.serve_with(router, limits, shutdown)));
     }
 
     /// Stops accepting, lets in-flight calls finish for up to `grace`.
@@ -311,14 +318,18 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
         say!("aasp serving the SKR REST API on http://{}", bound.local());
-        running.add(bound, crate::service::rest::router(Arc::clone(&backend)));
+        running.add_with(
+            bound,
+            crate::service::rest::router(Arc::clone(&backend)),
+            ConnectionLimits::http(),
+        );
     }
     for l in &metrics {
         let bound = Bound::bind(l)
             .await
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
         say!("aasp serving metrics on http://{}/metrics", bound.local());
-        running.add(bound, crate::metrics::router());
+        running.add_with(bound, crate::metrics::router(), ConnectionLimits::http());
     }
     say!(
         "attester: {}; certificate chain: {}",

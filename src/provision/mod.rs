@@ -515,7 +515,7 @@ impl Provisioner {
                 || async {
                     let jwk = self
                         .release_uncached(key, None)
-                        .instrument(tracing::info_span!("release", key = %key))
+                        .instrument(tracing::info_span!("release", key = %crate::echo::echo(key)))
                         .await?;
                     Ok(Arc::new(ReleasedKey::new(kms_key(key).clone(), jwk)))
                 },
@@ -539,7 +539,7 @@ impl Provisioner {
         self.check_key(key)?;
         let jwk = self
             .release_uncached(key, Some(access))
-            .instrument(tracing::info_span!("release", key = %key))
+            .instrument(tracing::info_span!("release", key = %crate::echo::echo(key)))
             .await?;
         Ok(Arc::new(ReleasedKey::new(kms_key(key).clone(), jwk)))
     }

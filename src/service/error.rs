@@ -85,9 +85,16 @@ fn azure_code(e: &AzureError) -> Code {
     }
 }
 
+impl ServiceError {
+    /// The message a client sees (and the log records): bounded whatever the caller sent.
+    pub fn message(&self) -> String {
+        crate::echo::limit(&self.to_string())
+    }
+}
+
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        tonic::Status::new(e.code(), e.message())
     }
 }
 

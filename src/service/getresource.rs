@@ -21,14 +21,14 @@ async fn get_resource(
     {
         return Err(ServiceError::invalid(format!(
             "KbcName {:?} is not one of {KBC_NAMES:?}",
-            request.kbc_name
+            crate::echo::echo(&request.kbc_name)
         )));
     }
     let name = request.resource_path.trim_matches('/');
     if name.is_empty() || name.contains('/') {
         return Err(ServiceError::invalid(format!(
             "ResourcePath {:?} must be a key name",
-            request.resource_path
+            crate::echo::echo(&request.resource_path)
         )));
     }
     if request.kbs_uri.is_empty() {
@@ -39,9 +39,12 @@ async fn get_resource(
     let key = KeyRef::azure_uri(&request.kbs_uri, name, backend.default_maa.as_deref())?;
     let released = backend.provisioner.release(&key).await?;
     // The caller asked for the key itself: this is the one place a released key leaves aasp.
-    let resource =
-        serde_json::to_vec(&released.jwk).map_err(|e| ServiceError::invalid(e.to_string()))?;
-    Ok(pb::GetResourceResponse { resource })
+    // Serialized into a zeroizing buffer that the reply owns until it is sent.
+    let resource = super::secret_json::to_vec(&released.jwk)
+        .map_err(|e| ServiceError::invalid(e.to_string()))?;
+    Ok(pb::GetResourceResponse {
+        resource: super::secret_json::bytes(resource),
+    })
 }
 
 #[tonic::async_trait]

@@ -7,10 +7,12 @@
 
 pub mod attestation_agent;
 pub mod codec;
+pub mod conn;
 pub mod error;
 pub mod getresource;
 pub mod keyprovider;
 pub mod rest;
+pub mod secret_json;
 pub mod unix_socket;
 
 use crate::proto;
@@ -82,7 +84,8 @@ pub async fn rpc<T>(
         }
         Err(e) => {
             let status = tonic::Status::from(e);
-            tracing::warn!(status = ?status.code(), message = status.message(), elapsed_ms, "rpc failed");
+            // `detail`, not `message`: that key is the event's own text in JSON logs.
+            tracing::warn!(status = ?status.code(), detail = status.message(), elapsed_ms, "rpc failed");
             Err(status)
         }
     }
@@ -124,7 +127,10 @@ impl std::fmt::Display for Listen {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_message_bytes: usize,
+    /// Calls running at once (health and reflection excepted); more wait for a permit.
     pub concurrency: usize,
+    /// A request's body must have arrived within this long (it holds no permit meanwhile).
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -132,6 +138,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 4 << 20,
             concurrency: 256,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -180,11 +187,23 @@ pub fn grpc_router(
     {
         routes.add_service(v1alpha);
     }
+    // The gRPC frame: 5 bytes of header, then the message; tonic refuses a larger message with
+    // OUT_OF_RANGE, and so does the body stage for a larger body.
+    let request_limit = conn::RequestLimit::new(
+        limits.concurrency,
+        max.saturating_add(5),
+        limits.body_timeout,
+        conn::Protocol::Grpc,
+    );
+    // The deadline is outermost: it covers the body, the wait for a permit and the call.
     let router = routes
         .routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn(grpc_deadline))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(limits.concurrency));
+        .layer(axum::middleware::from_fn_with_state(
+            request_limit,
+            conn::limit_requests,
+        ))
+        .layer(axum::middleware::from_fn(grpc_deadline));
     (router, health_reporter)
 }
 
@@ -326,27 +345,28 @@ impl Bound {
         }
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    /// Serves until `shutdown` resolves, then lets in-flight calls finish; with the gRPC
+    /// listeners' connection limits.
     pub async fn serve(
         self,
         router: axum::Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with(router, conn::ConnectionLimits::grpc(), shutdown)
+            .await
+    }
+
+    /// [`Bound::serve`] with other connection limits (REST, metrics).
+    pub async fn serve_with(
+        self,
+        router: axum::Router,
+        limits: conn::ConnectionLimits,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         match self {
-            Bound::Tcp(listener) => {
-                // Without TCP_NODELAY, small replies wait for the peer's delayed ACK: ~40 ms a call.
-                use axum::serve::ListenerExt;
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            Bound::Tcp(listener) => conn::serve(listener, router, limits, shutdown).await,
             Bound::Unix(listener, path) => {
-                let result = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
+                let result = conn::serve(listener, router, limits, shutdown).await;
                 unix_socket::remove_unix_socket(&path);
                 result
             }

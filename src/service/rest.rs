@@ -22,15 +22,44 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// Calls running at once; more wait (without holding their connection's body) for a permit.
+pub const REST_CONCURRENCY: usize = 64;
+/// Largest request body.
+pub const REST_MAX_BODY: usize = 1 << 20;
+
 pub fn router(backend: Arc<Backend>) -> Router {
+    let request_limit = super::conn::RequestLimit::new(
+        REST_CONCURRENCY,
+        REST_MAX_BODY,
+        super::Limits::default().body_timeout,
+        super::conn::Protocol::Rest,
+    );
     Router::new()
         .route("/status", get(status))
         .route("/attest/raw", post(attest_raw))
         .route("/attest/combined", post(attest_combined))
         .route("/attest/maa", post(attest_maa))
         .route("/key/release", post(key_release))
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(REST_MAX_BODY))
         .with_state(backend)
+        .layer(axum::middleware::from_fn_with_state(
+            request_limit,
+            super::conn::limit_requests,
+        ))
+        .layer(axum::middleware::from_fn(rest_deadline))
+}
+
+/// No REST call runs longer than the gRPC deadline: past it the caller gets a 500 with a JSON
+/// error, whatever the call was waiting for.
+async fn rest_deadline(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(super::RPC_DEADLINE, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("the call did not finish within {:?}", super::RPC_DEADLINE) })),
+        )
+            .into_response(),
+    }
 }
 
 /// The one place REST errors become responses.
@@ -38,8 +67,9 @@ impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(skr_status(self.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        tracing::warn!(status = status.as_u16(), error = %self, "REST request failed");
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let message = self.message();
+        tracing::warn!(status = status.as_u16(), error = %message, "REST request failed");
+        (status, Json(json!({ "error": message }))).into_response()
     }
 }
 
@@ -117,14 +147,34 @@ struct MaaRequest {
     runtime_data: String,
 }
 
-async fn attest_maa(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
+async fn attest_maa(
+    State(b): State<Arc<Backend>>,
+    payload: Bytes,
+) -> Result<Response, ServiceError> {
     let request: MaaRequest = body(&payload)?;
     let maa = endpoint_or_default(&b, &request.maa_endpoint)?;
     let token = b
         .provisioner
         .token_for(&maa, &runtime_data(&request.runtime_data)?)
         .await?;
-    Ok(Json(json!({ "token": token.jwt.expose() })))
+    secret_reply(&TokenReply {
+        token: token.jwt.expose(),
+    })
+}
+
+#[derive(serde::Serialize)]
+struct TokenReply<'a> {
+    token: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct KeyReply<'a> {
+    key: &'a str,
+}
+
+/// A reply carrying a token or a key, in a buffer zeroized once sent.
+fn secret_reply<T: serde::Serialize>(value: &T) -> Result<Response, ServiceError> {
+    super::secret_json::response(value).map_err(|e| ServiceError::invalid(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -139,7 +189,10 @@ struct ReleaseRequest {
     access_token: Option<String>,
 }
 
-async fn key_release(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
+async fn key_release(
+    State(b): State<Arc<Backend>>,
+    payload: Bytes,
+) -> Result<Response, ServiceError> {
     let request: ReleaseRequest = body(&payload)?;
     if request.akv_endpoint.is_empty() || request.kid.is_empty() {
         return Err(ServiceError::invalid("akv_endpoint and kid are required"));
@@ -159,9 +212,10 @@ async fn key_release(State(b): State<Arc<Backend>>, payload: Bytes) -> Reply {
         None => b.provisioner.release(&key).await?,
     };
     // The sidecar's contract: the key is a JSON document inside a JSON string.
-    let jwk =
-        serde_json::to_string(&released.jwk).map_err(|e| ServiceError::invalid(e.to_string()))?;
-    Ok(Json(json!({ "key": jwk })))
+    let jwk = super::secret_json::to_vec(&released.jwk)
+        .map_err(|e| ServiceError::invalid(e.to_string()))?;
+    let jwk = std::str::from_utf8(&jwk).map_err(|e| ServiceError::invalid(e.to_string()))?;
+    secret_reply(&KeyReply { key: jwk })
 }
 
 fn endpoint_or_default(b: &Backend, endpoint: &str) -> Result<String, ServiceError> {

@@ -1,0 +1,414 @@
+//! Serving connections with bounds that hold whatever clients do: a connection cap per listener,
+//! idle and header-read timeouts, HTTP/2 keep-alive and stream limits, and a request-body stage
+//! that runs before a concurrency permit is taken.
+//!
+//! - **Connections**: at most `max_connections` per listener. Past the cap, the connection that
+//!   has been idle longest (no request in flight, e.g. a client that never sends a request) is
+//!   asked to close gracefully to make room; when every connection is busy, the new one is closed
+//!   at once. So idle or slow clients cannot keep a health probe out, and busy ones cannot push
+//!   the process past its descriptor limit.
+//! - **Idle**: a connection with no request in flight for `idle_timeout` is closed gracefully
+//!   (HTTP/2 GOAWAY: streams in progress still finish). That includes a connection that never
+//!   completes its preface or first request line.
+//! - **HTTP/1** headers must arrive within `header_read_timeout` (slowloris).
+//! - **HTTP/2**: `max_concurrent_streams` per connection; a PING every `keepalive_interval`, and
+//!   a peer that does not answer within `keepalive_timeout` is dropped.
+//! - **Requests** ([`RequestLimit`]): the body is read (bounded in size and time) *before* a
+//!   concurrency permit is taken, so streams that send headers and never a body cannot starve
+//!   the calls that do. Health and reflection take no permit: they are cheap, and health must
+//!   answer while the server is busy.
+
+use futures_util::StreamExt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, Semaphore};
+
+/// Connection-level limits of one listener.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// gRPC listeners. 512 connections leave room under the common 1024-descriptor limit for a
+    /// REST listener, upstream HTTPS and files; local clients (containerd, kubelet probes, CDH)
+    /// use a handful. Two minutes idle outlives any client's pause between calls. 100 streams
+    /// per connection is the HTTP/2 recommended minimum, and far above what a client needs.
+    pub fn grpc() -> Self {
+        ConnectionLimits {
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(120),
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// REST and metrics listeners: HTTP/1 clients open a connection per call or keep one alive
+    /// briefly.
+    pub fn http() -> Self {
+        ConnectionLimits {
+            max_connections: 128,
+            idle_timeout: Duration::from_secs(30),
+            ..Self::grpc()
+        }
+    }
+}
+
+/// One connection's state, as the listener sees it.
+struct Conn {
+    in_flight: AtomicUsize,
+    /// Milliseconds since the listener started, at the last request's start or end.
+    last_active_ms: AtomicU64,
+    closing: AtomicBool,
+    close: Notify,
+}
+
+/// Every open connection of one listener.
+struct Registry {
+    started: Instant,
+    conns: Mutex<Vec<Arc<Conn>>>,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers a new connection, making room past `cap` by closing the longest-idle one;
+    /// `None` when every connection is busy.
+    fn admit(&self, cap: usize) -> Option<Arc<Conn>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let open = conns
+            .iter()
+            .filter(|c| !c.closing.load(Ordering::Relaxed))
+            .count();
+        if open >= cap {
+            let victim = conns
+                .iter()
+                .filter(|c| {
+                    !c.closing.load(Ordering::Relaxed) && c.in_flight.load(Ordering::Relaxed) == 0
+                })
+                .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed))?;
+            victim.closing.store(true, Ordering::Relaxed);
+            victim.close.notify_one();
+        }
+        let conn = Arc::new(Conn {
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(self.now_ms()),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        conns.push(Arc::clone(&conn));
+        Some(conn)
+    }
+
+    fn remove(&self, conn: &Arc<Conn>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|c| !Arc::ptr_eq(c, conn));
+    }
+}
+
+/// Marks a request in flight on its connection until dropped.
+struct InFlight {
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl InFlight {
+    fn new(conn: &Arc<Conn>, registry: &Arc<Registry>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.last_active_ms
+            .store(registry.now_ms(), Ordering::Relaxed);
+        InFlight {
+            conn: Arc::clone(conn),
+            registry: Arc::clone(registry),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn
+            .last_active_ms
+            .store(self.registry.now_ms(), Ordering::Relaxed);
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Something that accepts connections.
+pub trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        let (tcp, _) = tokio::net::TcpListener::accept(self).await?;
+        // Without TCP_NODELAY, small replies wait for the peer's delayed ACK: ~40 ms a call.
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        Ok(tokio::net::UnixListener::accept(self).await?.0)
+    }
+}
+
+/// Serves `router` on every connection `listener` accepts until `shutdown` resolves, then asks
+/// every connection to finish gracefully and waits for them.
+pub async fn serve<L: Accept>(
+    mut listener: L,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Whatever the configured cap, a quarter of the descriptor limit per listener: a gRPC, a
+    // REST and a metrics listener at their caps still leave a quarter for upstream connections,
+    // files and the health probe's own connection.
+    let max_connections = descriptor_limit().map_or(limits.max_connections, |n| {
+        limits.max_connections.min((n / 4).max(1))
+    });
+    let registry = Arc::new(Registry {
+        started: Instant::now(),
+        conns: Mutex::new(Vec::new()),
+    });
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    let builder = Arc::new(builder);
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let io = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(io) => io,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; existing connections
+                    // keep being served.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let Some(conn) = registry.admit(max_connections) else {
+            tracing::warn!(
+                max = max_connections,
+                "connection refused: every connection is busy"
+            );
+            drop(io);
+            continue;
+        };
+        let builder = Arc::clone(&builder);
+        let registry = Arc::clone(&registry);
+        let router = router.clone();
+        let mut stopped = stop.subscribe();
+        let idle = limits.idle_timeout;
+        tasks.spawn(async move {
+            let service = {
+                let conn = Arc::clone(&conn);
+                let registry = Arc::clone(&registry);
+                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let in_flight = InFlight::new(&conn, &registry);
+                    let call = tower::ServiceExt::oneshot(
+                        router.clone(),
+                        request.map(axum::body::Body::new),
+                    );
+                    async move {
+                        let response = call.await;
+                        drop(in_flight);
+                        response
+                    }
+                })
+            };
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            tokio::pin!(connection);
+            let mut closing = false;
+            loop {
+                let idle_check = tokio::time::sleep(idle / 4);
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    () = conn.close.notified(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = stopped.wait_for(|s| *s), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    () = idle_check, if !closing => {
+                        let quiet = registry.now_ms().saturating_sub(conn.last_active_ms.load(Ordering::Relaxed));
+                        if conn.in_flight.load(Ordering::Relaxed) == 0
+                            && u128::from(quiet) >= idle.as_millis()
+                        {
+                            closing = true;
+                            conn.closing.store(true, Ordering::Relaxed);
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+            registry.remove(&conn);
+        });
+    }
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The soft limit on open descriptors (`RLIMIT_NOFILE`), from `/proc/self/limits`.
+fn descriptor_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The request stage of [`serve`]'s bounds: body first (bounded in size and time), then a
+/// concurrency permit.
+#[derive(Debug)]
+pub struct RequestLimit {
+    permits: Arc<Semaphore>,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    protocol: Protocol,
+}
+
+/// How a refusal is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Rest,
+}
+
+/// A request body that did not arrive whole.
+enum BodyError {
+    TooLarge,
+    Slow,
+    Broken,
+}
+
+impl RequestLimit {
+    pub fn new(
+        concurrency: usize,
+        max_body_bytes: usize,
+        body_timeout: Duration,
+        protocol: Protocol,
+    ) -> Arc<Self> {
+        Arc::new(RequestLimit {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            max_body_bytes,
+            body_timeout,
+            protocol,
+        })
+    }
+
+    async fn read_body(&self, body: axum::body::Body) -> Result<axum::body::Bytes, BodyError> {
+        // Request bodies carry access tokens and layer keys: the copy made here is zeroized
+        // once the call is done with it.
+        let hint = usize::try_from(axum::body::HttpBody::size_hint(&body).lower())
+            .unwrap_or(usize::MAX)
+            .min(self.max_body_bytes);
+        let read = async {
+            let mut stream = body.into_data_stream();
+            let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(hint));
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|_| BodyError::Broken)?;
+                if buf.len().saturating_add(chunk.len()) > self.max_body_bytes {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(super::secret_json::bytes(buf))
+        };
+        tokio::time::timeout(self.body_timeout, read)
+            .await
+            .unwrap_or(Err(BodyError::Slow))
+    }
+
+    fn refuse(&self, error: BodyError) -> axum::response::Response {
+        let (code, http, message) = match error {
+            BodyError::TooLarge => (
+                tonic::Code::OutOfRange,
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request is larger than {} bytes", self.max_body_bytes),
+            ),
+            BodyError::Slow => (
+                tonic::Code::DeadlineExceeded,
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    self.body_timeout
+                ),
+            ),
+            BodyError::Broken => (
+                tonic::Code::Cancelled,
+                axum::http::StatusCode::BAD_REQUEST,
+                "the request body ended abnormally".to_owned(),
+            ),
+        };
+        match self.protocol {
+            Protocol::Grpc => tonic::Status::new(code, message).into_http::<axum::body::Body>(),
+            Protocol::Rest => axum::response::IntoResponse::into_response((
+                http,
+                axum::Json(serde_json::json!({ "error": message })),
+            )),
+        }
+    }
+}
+
+/// Paths that skip the request stage: cheap, and health must answer while the server is busy;
+/// reflection is a bidirectional stream whose body never ends while the client is connected.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// Middleware: reads the body within its bounds, then waits for a permit, then runs the call.
+pub async fn limit_requests(
+    axum::extract::State(limit): axum::extract::State<Arc<RequestLimit>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if limit.protocol == Protocol::Grpc && exempt(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match limit.read_body(body).await {
+        Ok(body) => body,
+        Err(e) => return limit.refuse(e),
+    };
+    let Ok(_permit) = Arc::clone(&limit.permits).acquire_owned().await else {
+        return limit.refuse(BodyError::Broken);
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(body),
+    ))
+    .await
+}
