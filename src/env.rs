@@ -68,3 +68,14 @@ pub const AASP_ALLOW_CORE_DUMPS: &str = "AASP_ALLOW_CORE_DUMPS";
 pub const AASP_ALLOW_KMS_HOST: &str = "AASP_ALLOW_KMS_HOST";
 /// `--allow-maa-host`: extra MAA host patterns, comma-separated.
 pub const AASP_ALLOW_MAA_HOST: &str = "AASP_ALLOW_MAA_HOST";
+/// `--kbs-url`: the Trustee KBS base URL.
+pub const AASP_KBS_URL: &str = "AASP_KBS_URL";
+/// `--kbs-cert`: PEM file of the KBS certificate (or CA) to trust instead of the system roots.
+pub const AASP_KBS_CERT: &str = "AASP_KBS_CERT";
+/// `--kbs-key-algorithm`: the TEE key for KBS resources (`ECDH-ES+A256KW` or `RSA-OAEP-256`).
+pub const AASP_KBS_KEY_ALGORITHM: &str = "AASP_KBS_KEY_ALGORITHM";
+/// `--aa-config`: an upstream attestation-agent config TOML (`[token_configs.kbs]`).
+pub const AASP_AA_CONFIG: &str = "AASP_AA_CONFIG";
+/// Upstream attestation agent's `<kbc>::<uri>` (`cc_kbc::https://kbs:8080`), read before the
+/// kernel command line's `agent.aa_kbc_params=`.
+pub const AA_KBC_PARAMS: &str = "AA_KBC_PARAMS";

@@ -341,6 +341,27 @@ pub async fn read_body_zeroizing(
     Ok(body)
 }
 
+/// A client that trusts only the certificates of `pem` (a pinned server certificate or its CA,
+/// as upstream AA's KBS `cert`), not the system roots. Same timeouts as [`client`].
+pub fn client_pinned(options: &HttpOptions, pem: &str) -> Result<reqwest::Client, HttpSetupError> {
+    let err = |reason: String| HttpSetupError::ExtraCa {
+        path: PathBuf::from("<pinned certificate>"),
+        reason,
+    };
+    let certs =
+        reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("holds no PEM certificate".into()));
+    }
+    reqwest::Client::builder()
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.timeout)
+        .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_only(certs)
+        .build()
+        .map_err(|e| HttpSetupError::Build(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,19 @@ pub struct DevArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// The resource the emulated KBS holds for the demo (`kbs:///default/key/demo`).
+pub const DEMO_KBS_RESOURCE: &str = "default/key/demo";
+
+/// Seeds the demo KBS resource: 32 random bytes, a stand-in for a layer or disk key.
+fn seed_kbs_resource(emulator: &crate::emulator::Running) -> Result<(), String> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(key.as_mut())
+        .map_err(|_| "no randomness for the demo KBS resource".to_owned())?;
+    emulator.kbs.put_resource(DEMO_KBS_RESOURCE, key.as_ref())
+}
+
 /// The running development stack.
 pub struct DevStack {
     pub emulator: crate::emulator::Running,
@@ -113,9 +126,12 @@ pub async fn start_with(
     config.thim_json = Some(sim.thim_json());
     config.accepted_measurements =
         super::azure::accepted_measurements(options.accept_measurements.clone(), &sim);
+    // The emulated KBS releases resources to the same measurements MAA calls compliant.
+    config.kbs.policy.measurements = config.accepted_measurements.clone();
     let emulator = crate::emulator::start(config)
         .await
         .map_err(|e| e.to_string())?;
+    seed_kbs_resource(&emulator)?;
 
     let keys_dir = state_dir.join("keys");
     import_demo_keys(&emulator, &hex::encode(sim.host_data()), &keys_dir).await?;
@@ -292,6 +308,17 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
     say!("  grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
     say!("  grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
     say!("  grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
+    say!("  # Trustee KBS (emulated): a token with its TEE key, then a resource over RCAR:");
+    say!("  grpcurl -plaintext -d '{{\"TokenType\":\"kbs\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
+    say!(
+        "  grpcurl -plaintext -d '{{\"ResourcePath\":\"kbs:///{DEMO_KBS_RESOURCE}\",\"KbcName\":\"cc_kbc\"}}' {grpc} getresource.GetResourceService/GetResource"
+    );
+    say!(
+        "  aasp kbs get-resource kbs:///{DEMO_KBS_RESOURCE} --kbs-url {} --extra-ca {} --attester sim --state-dir {}",
+        stack.emulator.url,
+        stack.emulator.ca_path.display(),
+        stack.state_dir.display()
+    );
     say!(
         "  grpcurl -plaintext -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' {grpc} getresource.GetResourceService/GetResource",
         stack.emulator.url

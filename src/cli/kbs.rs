@@ -1,5 +1,5 @@
-//! `aasp kbs`: the Trustee KBS backend from the command line — JWE tools for scripts and
-//! interop tests (make a TEE key, encrypt to a public key, decrypt with a private key).
+//! `aasp kbs`: the Trustee KBS backend from the command line: fetch a resource (attest + get),
+//! and JWE tools for scripts and interop tests (make a TEE key, encrypt, decrypt).
 
 use super::read_input;
 use crate::kbs::jwe::{encrypt, KeyAlgorithm, TeeKeyPair, TeePubKey};
@@ -10,6 +10,13 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum KbsCommand {
+    /// Attest to the configured Trustee KBS (RCAR) and print a resource's plaintext: for scripts.
+    GetResource {
+        /// `kbs:///<repository>/<type>/<tag>`.
+        uri: String,
+        #[command(flatten)]
+        backend: Box<super::serve::BackendArgs>,
+    },
     /// Make a TEE key pair: writes the private key PEM (as GetToken("kbs") returns it in
     /// `tee_keypair`) to --out and prints the public JWK (the `tee-pubkey` of an attestation).
     Keygen {
@@ -35,6 +42,18 @@ pub enum KbsCommand {
 
 pub async fn run(command: KbsCommand) -> Result<ExitCode, String> {
     match command {
+        KbsCommand::GetResource { uri, backend } => {
+            let backend = backend.build()?;
+            let plaintext = backend
+                .provisioner
+                .kbs_resource(&uri)
+                .await
+                .map_err(|e| e.to_string())?;
+            std::io::stdout()
+                .write_all(&plaintext)
+                .and_then(|()| std::io::stdout().flush())
+                .map_err(|e| format!("standard output: {e}"))?;
+        }
         KbsCommand::Keygen { alg, output } => {
             let pair = TeeKeyPair::generate(alg).map_err(|e| e.to_string())?;
             let pem = pair.private_pem().map_err(|e| e.to_string())?;

@@ -77,6 +77,8 @@ pub struct BackendArgs {
     #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600)]
     pub transfer_key_rotation: u64,
     #[command(flatten)]
+    pub kbs: KbsArgs,
+    #[command(flatten)]
     pub attester: AttesterArgs,
     #[command(flatten)]
     pub chain: ChainArgs,
@@ -114,6 +116,10 @@ impl BackendArgs {
             access_token_file: None,
             cache_ttl: 300,
             transfer_key_rotation: 3600,
+            kbs: KbsArgs {
+                kbs_url: Some(emulator_url.to_owned()),
+                ..KbsArgs::default()
+            },
             attester: AttesterArgs {
                 attester: crate::snp::attester::AttesterKind::Sim,
                 sim: super::SimArgs {
@@ -175,13 +181,13 @@ impl BackendArgs {
             chains: Arc::new(chains),
             identity: Arc::new(IdentityProvider::new(client.clone(), source, retry)),
             kms: Arc::new(KmsClient::new(client.clone(), anchors, retry)),
-            http: client,
+            http: client.clone(),
             retry,
             cache_ttl: Duration::from_secs(self.cache_ttl),
             allow,
         })
         .map_err(|e| e.to_string())?;
-        let provisioner = Arc::new(provisioner);
+        let provisioner = Arc::new(self.kbs.attach(provisioner, &client)?);
         if tokio::runtime::Handle::try_current().is_ok() {
             provisioner.spawn_cache_sweeper();
         }
@@ -208,6 +214,69 @@ impl BackendArgs {
             ready: std::sync::atomic::AtomicBool::new(false),
             self_check,
         }))
+    }
+}
+
+/// Where the Trustee KBS is. When none is configured, KBS requests fail with
+/// FAILED_PRECONDITION and everything else works as before.
+#[derive(Debug, Default, Args)]
+pub struct KbsArgs {
+    /// Trustee KBS base URL (https://kbs.example:8080). Without it: `[token_configs.kbs]` of
+    /// --aa-config, then AA_KBC_PARAMS, then `agent.aa_kbc_params=cc_kbc::<url>` on the kernel
+    /// command line.
+    #[arg(long, env = env::AASP_KBS_URL, value_name = "URL")]
+    pub kbs_url: Option<String>,
+    /// PEM file of the KBS certificate (or its CA): trusted for the KBS instead of the system
+    /// roots (upstream AA's `cert`).
+    #[arg(long, env = env::AASP_KBS_CERT, value_name = "FILE")]
+    pub kbs_cert: Option<PathBuf>,
+    /// TEE key the KBS encrypts resources to: ECDH-ES+A256KW (P-256) or RSA-OAEP-256.
+    #[arg(long, env = env::AASP_KBS_KEY_ALGORITHM, default_value = "ECDH-ES+A256KW")]
+    pub kbs_key_algorithm: crate::kbs::KeyAlgorithm,
+    /// Upstream attestation-agent config TOML; its `[token_configs.kbs]` (`url`, `cert`,
+    /// `tee_key_algorithm`) names the KBS when --kbs-url does not.
+    #[arg(long, env = env::AASP_AA_CONFIG, value_name = "FILE")]
+    pub aa_config: Option<PathBuf>,
+}
+
+impl KbsArgs {
+    /// The KBS settings from flags, AA config, AA_KBC_PARAMS or the kernel command line.
+    pub fn settings(&self) -> Result<Option<crate::kbs::config::KbsSettings>, String> {
+        let read =
+            |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let cert = self.kbs_cert.as_ref().map(read).transpose()?;
+        let aa_toml = self.aa_config.as_ref().map(read).transpose()?;
+        let params = std::env::var(env::AA_KBC_PARAMS).ok();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").ok();
+        crate::kbs::config::resolve(
+            self.kbs_url.as_deref(),
+            cert,
+            self.kbs_key_algorithm,
+            aa_toml.as_deref(),
+            params.as_deref(),
+            cmdline.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Adds the KBS backend to `provisioner` when one is configured.
+    pub fn attach(
+        &self,
+        provisioner: Provisioner,
+        client: &reqwest::Client,
+    ) -> Result<Provisioner, String> {
+        let Some(settings) = self.settings()? else {
+            return Ok(provisioner);
+        };
+        let http = match &settings.cert {
+            Some(pem) => crate::http::client_pinned(&crate::http::HttpOptions::default(), pem)
+                .map_err(|e| format!("--kbs-cert: {e}"))?,
+            None => client.clone(),
+        };
+        tracing::info!(url = %settings.url, source = settings.source, "Trustee KBS backend");
+        provisioner
+            .with_kbs(&settings, http)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -14,7 +14,11 @@
 
 pub mod allow;
 pub mod cache;
+pub mod kbs;
+mod kind;
 pub mod layer;
+
+pub use kind::ErrorKind;
 
 use crate::azure::ckm::{TransferKey, WrapAlgorithm};
 use crate::azure::identity::{resource_for_host, IdentityProvider};
@@ -47,6 +51,11 @@ pub enum Error {
     /// This process has no transfer key to release keys to.
     #[error("no transfer key: {0}")]
     NoTransferKey(String),
+    #[error(transparent)]
+    Kbs(#[from] crate::kbs::Error),
+    /// The request needs a backend this process was not configured with.
+    #[error("{0}")]
+    NotConfigured(String),
     /// The request names a backend host that is not on the allow-list.
     #[error("{0}")]
     NotAllowed(String),
@@ -243,6 +252,8 @@ pub struct Provisioner {
     allow: AllowList,
     keys: FlightCache<KeyRef, Arc<ReleasedKey>>,
     tokens: FlightCache<(Endpoint, String), MaaToken>,
+    /// The Trustee KBS backend, when one is configured (`with_kbs`).
+    kbs: Option<Arc<crate::kbs::KbsClient>>,
     pub counters: Counters,
 }
 
@@ -288,6 +299,7 @@ impl Provisioner {
             allow: parts.allow,
             keys: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             tokens: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
+            kbs: None,
             counters: Counters::default(),
         })
     }
@@ -380,26 +392,7 @@ impl Provisioner {
     /// TCB refresh rule; when the source cannot be reached the chain is `null`, as upstream sends
     /// when the host supplies no certificates (the verifier then fetches the VCEK itself).
     pub async fn coco_evidence(&self, report_data: [u8; 64]) -> Result<Vec<u8>> {
-        use crate::snp::evidence::coco_evidence_json;
-        match attest(&self.attester, &self.chains, report_data).await {
-            Ok(attested) => Ok(coco_evidence_json(
-                &attested.raw,
-                Some(&attested.endorsement.chain),
-            )?),
-            Err(crate::snp::Error::ChainSource {
-                source_name,
-                reason,
-            }) => {
-                tracing::warn!(
-                    source = %source_name,
-                    %reason,
-                    "no certificate chain for the CoCo evidence; sending cert_chain null"
-                );
-                let (_, raw) = fetch_report(&self.attester, report_data).await?;
-                Ok(coco_evidence_json(&raw, None)?)
-            }
-            Err(e) => Err(e.into()),
-        }
+        coco_evidence_of(&self.attester, &self.chains, report_data).await
     }
 
     /// An MAA token for `runtime_data` (not cached: each caller's data differs).
@@ -612,4 +605,33 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+/// [`Provisioner::coco_evidence`] for an attester and chain source (the KBS backend's evidence
+/// source holds the same two).
+pub(crate) async fn coco_evidence_of(
+    attester: &Arc<dyn Attester>,
+    chains: &Arc<ChainCache>,
+    report_data: [u8; 64],
+) -> Result<Vec<u8>> {
+    use crate::snp::evidence::coco_evidence_json;
+    match attest(attester, chains, report_data).await {
+        Ok(attested) => Ok(coco_evidence_json(
+            &attested.raw,
+            Some(&attested.endorsement.chain),
+        )?),
+        Err(crate::snp::Error::ChainSource {
+            source_name,
+            reason,
+        }) => {
+            tracing::warn!(
+                source = %source_name,
+                %reason,
+                "no certificate chain for the CoCo evidence; sending cert_chain null"
+            );
+            let (_, raw) = fetch_report(attester, report_data).await?;
+            Ok(coco_evidence_json(&raw, None)?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -47,10 +47,10 @@ pub async fn bind_init_data(
 
 /// GetToken("kbs"): `{"token": JWT, "tee_keypair": PEM}` from the configured Trustee KBS, as
 /// upstream's KBS token getter answers. The KBS backend plugs in here, and only here.
-async fn kbs_token(_backend: &Backend) -> Result<Vec<u8>, ServiceError> {
-    Err(ServiceError::invalid(
-        "token type \"kbs\" needs a Trustee KBS, and none is configured in this aasp",
-    ))
+async fn kbs_token(backend: &Backend) -> Result<Vec<u8>, ServiceError> {
+    // The reply holds the TEE's private key: for local callers only, as upstream's.
+    let reply = backend.provisioner.kbs_token().await?;
+    Ok(reply.0.to_vec())
 }
 
 async fn get_token(backend: &Backend, token_type: &str) -> Result<Vec<u8>, ServiceError> {

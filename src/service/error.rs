@@ -1,8 +1,7 @@
 //! The one place errors become gRPC statuses (and, for REST, HTTP statuses): classified by what
 //! the caller can do about them, with a message that says what to fix and no secret in it.
 
-use crate::azure::Error as AzureError;
-use crate::provision::Error as ProvisionError;
+use crate::provision::{Error as ProvisionError, ErrorKind};
 use crate::snp::Error as SnpError;
 use tonic::Code;
 
@@ -33,55 +32,21 @@ impl ServiceError {
         match self {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
-            ServiceError::Provision(e) => provision_code(e),
+            // Each backend's errors are classified once, in provision.
+            ServiceError::Provision(e) => code_of(e.kind()),
         }
     }
 }
 
-fn provision_code(e: &ProvisionError) -> Code {
-    match e {
-        ProvisionError::Invalid(_) => Code::InvalidArgument,
-        ProvisionError::NoTransferKey(_) => Code::Internal,
-        // A backend host the operator did not allow: a refusal, whatever the host would say.
-        ProvisionError::NotAllowed(_) => Code::PermissionDenied,
-        ProvisionError::Busy(_) => Code::ResourceExhausted,
-        ProvisionError::Shared(inner) => provision_code(inner),
-        ProvisionError::Snp(e) => snp_code(e),
-        ProvisionError::Azure(e) => azure_code(e),
-    }
-}
-
-fn snp_code(e: &SnpError) -> Code {
-    match e {
-        SnpError::NoDevice { .. } | SnpError::Simulator { .. } => Code::FailedPrecondition,
-        SnpError::Device { .. } | SnpError::Firmware { .. } | SnpError::TcbMismatch { .. } => {
-            Code::FailedPrecondition
-        }
-        SnpError::ChainSource { .. } => Code::Unavailable,
-        SnpError::Verification(_) => Code::PermissionDenied,
-        SnpError::Report(_) | SnpError::Cert(_) | SnpError::Evidence(_) => Code::Internal,
-    }
-}
-
-fn azure_code(e: &AzureError) -> Code {
-    match e {
-        AzureError::Transport(_) | AzureError::Identity(_) | AzureError::BadResponse { .. } => {
-            Code::Unavailable
-        }
-        AzureError::Upstream { status, .. }
-            if *status >= 500 || *status == 429 || *status == 408 =>
-        {
-            Code::Unavailable
-        }
-        AzureError::Upstream { .. } => Code::Internal,
-        AzureError::Refused { service: "MAA", .. } => Code::PermissionDenied,
-        AzureError::Refused { status: 404, .. } => Code::NotFound,
-        AzureError::Refused { status: 400, .. } => Code::InvalidArgument,
-        AzureError::Refused { .. } => Code::PermissionDenied,
-        // A response that does not verify cannot be trusted: treat it as a refusal.
-        AzureError::Jws(_) => Code::PermissionDenied,
-        AzureError::Config(_) => Code::InvalidArgument,
-        AzureError::Key(_) | AzureError::Unwrap(_) => Code::InvalidArgument,
+fn code_of(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Internal => Code::Internal,
     }
 }
 
@@ -110,6 +75,12 @@ pub fn http_status(code: Code) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::azure::Error as AzureError;
+    use crate::kbs::Error as KbsError;
+
+    fn kbs(e: KbsError) -> ServiceError {
+        ServiceError::Provision(ProvisionError::Kbs(e))
+    }
 
     fn refused(service: &'static str, status: u16) -> ServiceError {
         ServiceError::Provision(ProvisionError::Azure(AzureError::Refused {
@@ -157,6 +128,15 @@ mod tests {
                 403,
             ),
             (
+                kbs(KbsError::Refused {
+                    url: "https://kbs.example".into(),
+                    status: 401,
+                    message: "PolicyDeny".into(),
+                }),
+                Code::PermissionDenied,
+                403,
+            ),
+            (
                 ServiceError::Provision(ProvisionError::Shared(std::sync::Arc::new(
                     ProvisionError::Azure(AzureError::Refused {
                         service: "KMS",
@@ -167,6 +147,35 @@ mod tests {
                 ))),
                 Code::NotFound,
                 400,
+            ),
+            (
+                kbs(KbsError::Upstream {
+                    url: "https://kbs.example".into(),
+                    status: 503,
+                    message: "busy".into(),
+                }),
+                Code::Unavailable,
+                500,
+            ),
+            (
+                kbs(KbsError::NotFound("kbs:///a/b/c".into())),
+                Code::NotFound,
+                400,
+            ),
+            (
+                kbs(KbsError::Jwe("tag".into())),
+                Code::PermissionDenied,
+                403,
+            ),
+            (
+                kbs(KbsError::InvalidUri("x".into())),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                ServiceError::Provision(ProvisionError::NotConfigured("no KBS".into())),
+                Code::FailedPrecondition,
+                500,
             ),
         ];
         for (error, code, http) in cases {

@@ -1,5 +1,7 @@
-//! The old Kata attestation-agent resource API: a resource is a key, released from the KMS
-//! named by `KbsUri` and returned as JWK JSON.
+//! The old Kata attestation-agent resource API: with KbcName `aasp`/`mhsm` a resource is a key,
+//! released from the KMS named by `KbsUri` and returned as JWK JSON; with `cc_kbc` it is a
+//! Trustee KBS resource (`kbs:///repo/type/tag`) from the configured KBS (`KbsUri` is ignored:
+//! which KBS to trust is configuration, never a request).
 
 use super::{rpc, Backend, ServiceError};
 use crate::proto::getresource as pb;
@@ -9,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 pub struct Resources(pub Arc<Backend>);
 
-const KBC_NAMES: [&str; 2] = ["aasp", "mhsm"];
+const KBC_NAMES: [&str; 3] = ["aasp", "mhsm", "cc_kbc"];
 
 async fn get_resource(
     backend: &Backend,
@@ -23,6 +25,15 @@ async fn get_resource(
             "KbcName {:?} is not one of {KBC_NAMES:?}",
             crate::echo::echo(&request.kbc_name)
         )));
+    }
+    if request.kbc_name.eq_ignore_ascii_case("cc_kbc") {
+        let resource = backend
+            .provisioner
+            .kbs_resource(&request.resource_path)
+            .await?;
+        return Ok(pb::GetResourceResponse {
+            resource: resource.to_vec(),
+        });
     }
     let name = request.resource_path.trim_matches('/');
     if name.is_empty() || name.contains('/') {

@@ -1,0 +1,148 @@
+//! The KBS backend through aasp's own surfaces, against the in-process `aasp dev` stack (its
+//! emulated KBS holds the demo resource): attestation-agent `GetToken("kbs")` in upstream's
+//! shape, getresource `cc_kbc`, and the refusals a caller can meet.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use aasp::cli::dev::DEMO_KBS_RESOURCE;
+use aasp::kbs::TeeKeyPair;
+use aasp::proto::attestation_agent::{
+    self as aa, attestation_agent_service_client::AttestationAgentServiceClient,
+};
+use aasp::proto::getresource::{
+    get_resource_service_client::GetResourceServiceClient, GetResourceRequest,
+};
+use serde_json::Value;
+use tonic::Code;
+
+async fn channel(dev: &common::Dev) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(dev.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kbs_surfaces_of_the_dev_stack() {
+    let dev = common::Dev::start().await;
+    let channel = channel(&dev).await;
+
+    // GetToken("kbs"): upstream AA's {"token", "tee_keypair"}; the key is the one the token
+    // certifies.
+    let mut aa_client = AttestationAgentServiceClient::new(channel.clone());
+    let reply = aa_client
+        .get_token(aa::GetTokenRequest {
+            token_type: "kbs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reply: Value = serde_json::from_slice(&reply.token).unwrap();
+    let token = reply["token"].as_str().unwrap();
+    let pem = reply["tee_keypair"].as_str().unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "EC keys are PKCS#8 as upstream"
+    );
+    let key = TeeKeyPair::from_pem(pem).unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["runtime_data_claims"]
+            ["tee-pubkey"],
+        serde_json::to_value(key.public()).unwrap()
+    );
+
+    // getresource with KbcName cc_kbc: the seeded resource, in both path forms; KbsUri ignored.
+    let mut resources = GetResourceServiceClient::new(channel.clone());
+    let mut seen = Vec::new();
+    for path in [
+        format!("kbs:///{DEMO_KBS_RESOURCE}"),
+        DEMO_KBS_RESOURCE.to_owned(),
+    ] {
+        let resource = resources
+            .get_resource(GetResourceRequest {
+                resource_path: path,
+                kbc_name: "cc_kbc".into(),
+                kbs_uri: "https://elsewhere.example".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .resource;
+        assert_eq!(resource.len(), 32);
+        seen.push(resource);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(
+        dev.emulator
+            .kbs
+            .attestations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "GetToken and both reads share one attested session"
+    );
+
+    // A missing resource is NOT_FOUND; a malformed path INVALID_ARGUMENT.
+    let missing = resources
+        .get_resource(GetResourceRequest {
+            resource_path: "kbs:///default/key/none".into(),
+            kbc_name: "cc_kbc".into(),
+            kbs_uri: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let malformed = resources
+        .get_resource(GetResourceRequest {
+            resource_path: "kbs:///../etc/passwd".into(),
+            kbc_name: "cc_kbc".into(),
+            kbs_uri: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+
+    // A policy that no longer admits this guest: PERMISSION_DENIED.
+    let mut config = aasp::emulator::kbs::KbsConfig::default();
+    config.policy.measurements = vec![[0u8; 48]];
+    dev.emulator.kbs.set_config(config);
+    let denied = resources
+        .get_resource(GetResourceRequest {
+            resource_path: format!("kbs:///{DEMO_KBS_RESOURCE}"),
+            kbc_name: "cc_kbc".into(),
+            kbs_uri: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("PolicyDeny"),
+        "{}",
+        denied.message()
+    );
+
+    // Unknown token types name the supported ones.
+    let denied = aa_client
+        .get_token(aa::GetTokenRequest {
+            token_type: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::InvalidArgument);
+    assert!(denied.message().contains("kbs"), "{}", denied.message());
+}
