@@ -19,6 +19,10 @@ use aasp::proto::attestation_agent::{
 use aasp::proto::getresource::{
     get_resource_service_client::GetResourceServiceClient, GetResourceRequest,
 };
+use aasp::proto::keyprovider::{
+    key_provider_service_client::KeyProviderServiceClient, KeyProviderKeyWrapProtocolInput,
+};
+use base64::Engine as _;
 use serde_json::Value;
 use tonic::Code;
 
@@ -54,7 +58,6 @@ async fn kbs_surfaces_of_the_dev_stack() {
     );
     let key = TeeKeyPair::from_pem(pem).unwrap();
     let payload = token.split('.').nth(1).unwrap();
-    use base64::Engine;
     let claims: Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(payload)
@@ -116,6 +119,57 @@ async fn kbs_surfaces_of_the_dev_stack() {
         .await
         .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+
+    // A layer encrypted with Confidential Containers' tooling: coco_keyprovider's packet
+    // {"kid","wrapped_data","iv","wrap_type"}, the layer options AES-256-GCM-encrypted under
+    // the KBS resource `kid`, unwraps through keyprovider UnWrapKey.
+    let kek = &seen[0];
+    let optsdata = br#"{"cipher":"AES_256_CTR_HMAC_SHA256","key":"bGF5ZXIta2V5"}"#;
+    let iv = [7u8; 12];
+    let mut wrapped = optsdata.to_vec();
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).unwrap())
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut wrapped)
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let packet = serde_json::json!({
+        "kid": format!("kbs:///{DEMO_KBS_RESOURCE}"),
+        "wrapped_data": b64.encode(&wrapped),
+        "iv": b64.encode(iv),
+        "wrap_type": "A256GCM",
+    });
+    let mut keyprovider = KeyProviderServiceClient::new(channel.clone());
+    let unwrap = |annotation: Vec<u8>| {
+        serde_json::to_vec(&serde_json::json!({
+            "op": "keyunwrap",
+            "keyunwrapparams": {"dc": {"Parameters": {}}, "annotation": annotation},
+        }))
+        .unwrap()
+    };
+    let reply = keyprovider
+        .un_wrap_key(KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: unwrap(serde_json::to_vec(&packet).unwrap()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reply: Value =
+        serde_json::from_slice(&reply.key_provider_key_wrap_protocol_output).unwrap();
+    let unwrapped: Vec<u8> =
+        serde_json::from_value(reply["keyunwrapresults"]["optsdata"].clone()).unwrap();
+    assert_eq!(unwrapped, optsdata);
+    // The same packet with one flipped ciphertext bit is refused.
+    let mut altered = wrapped.clone();
+    altered[0] ^= 1;
+    let mut bad = packet.clone();
+    bad["wrapped_data"] = Value::String(b64.encode(&altered));
+    let status = keyprovider
+        .un_wrap_key(KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: unwrap(serde_json::to_vec(&bad).unwrap()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     // A policy that no longer admits this guest: PERMISSION_DENIED.
     let mut config = aasp::emulator::kbs::KbsConfig::default();

@@ -2,6 +2,7 @@
 //! SNP evidence (the same attester and chain source as the Azure flow), tokens for
 //! `GetToken("kbs")`, and resources by `kbs:///` URI.
 
+use super::layer::{AnnotationPacket, WRAP_TYPE_AES_GCM};
 use super::{coco_evidence_of, Error, Provisioner, Result};
 use crate::kbs::config::KbsSettings;
 use crate::kbs::{EvidenceSource, KbsClient, KbsOptions, ResourceUri};
@@ -90,5 +91,76 @@ impl Provisioner {
     pub async fn kbs_resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>> {
         let uri = ResourceUri::parse(uri)?;
         Ok(self.kbs()?.get_resource(&uri).await?)
+    }
+}
+
+/// Whether an annotation packet's `kid` names a KBS resource, as coco_keyprovider writes it:
+/// `kbs:///repo/type/tag`, `kbs://<addr>/repo/type/tag` or `/repo/type/tag` (its default,
+/// `/default/image-kek/<uuid>`).
+pub(crate) fn is_kbs_key_id(kid: &str) -> bool {
+    (kid.starts_with("kbs://") || kid.starts_with('/')) && ResourceUri::parse(kid).is_ok()
+}
+
+impl Provisioner {
+    /// A layer key from a Confidential Containers annotation packet
+    /// (`{"kid","wrapped_data","iv","wrap_type"}`, guest-components `coco_keyprovider`
+    /// `enc_mods/mod.rs`): the KEK is the KBS resource `kid` (32 bytes), `wrapped_data` the
+    /// AES-256-GCM encryption of the layer options under it (tag appended, no AAD), `iv` 12
+    /// bytes; both standard base64.
+    pub(crate) async fn unwrap_kbs_layer_key(
+        &self,
+        packet: &AnnotationPacket,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        if packet.wrap_type != WRAP_TYPE_AES_GCM {
+            return Err(Error::Invalid(format!(
+                "wrap_type {:?}: KBS-wrapped layers are supported with A256GCM",
+                packet.wrap_type
+            )));
+        }
+        let iv: [u8; 12] = STANDARD
+            .decode(&packet.iv)
+            .ok()
+            .and_then(|iv| iv.try_into().ok())
+            .ok_or_else(|| Error::Invalid("iv must be 12 bytes of base64 for A256GCM".into()))?;
+        let mut buf = Zeroizing::new(
+            STANDARD
+                .decode(&packet.wrapped_data)
+                .map_err(|_| Error::Invalid("wrapped_data is not base64".into()))?,
+        );
+        let kek = self.kbs_resource(&packet.kid).await?;
+        let key = UnboundKey::new(&AES_256_GCM, &kek).map_err(|_| {
+            Error::Kbs(crate::kbs::Error::Jwe(format!(
+                "the KBS resource {} is not a 256-bit key",
+                packet.kid
+            )))
+        })?;
+        let len = LessSafeKey::new(key)
+            .open_in_place(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut buf)
+            .map_err(|_| {
+                Error::Kbs(crate::kbs::Error::Jwe(
+                    "the layer key does not decrypt with the KBS key".into(),
+                ))
+            })?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kbs_key_ids_as_coco_keyprovider_writes_them() {
+        assert!(is_kbs_key_id("kbs:///default/image-kek/1"));
+        assert!(is_kbs_key_id("kbs://kbs.example:8080/default/image-kek/1"));
+        assert!(is_kbs_key_id("/default/image-kek/0b1f-4c"));
+        assert!(!is_kbs_key_id("my-hsm-key"));
+        assert!(!is_kbs_key_id("https://kms.example/keys/k"));
+        assert!(!is_kbs_key_id("kbs:///default/key"));
     }
 }

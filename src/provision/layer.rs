@@ -28,7 +28,8 @@ pub struct AnnotationPacket {
     pub iv: String,
     pub wrap_type: String,
     /// Optional on the wire, as the SKR sidecar has them (`omitempty`); an unwrap without one
-    /// fails with a message naming it.
+    /// fails with a message naming it. Confidential Containers' packets (coco_keyprovider
+    /// writes only kid, wrapped_data, iv, wrap_type) have neither: their `kid` is a KBS resource.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kms_endpoint: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -361,6 +362,12 @@ impl Provisioner {
 
     /// Unwraps a layer key: secure key release of the packet's key, then decrypt.
     pub async fn unwrap_layer_key(&self, packet: &AnnotationPacket) -> Result<Zeroizing<Vec<u8>>> {
+        if packet.kms_endpoint.is_empty()
+            && packet.attester_endpoint.is_empty()
+            && super::kbs::is_kbs_key_id(&packet.kid)
+        {
+            return self.unwrap_kbs_layer_key(packet).await;
+        }
         if packet.kms_endpoint.is_empty()
             || packet.attester_endpoint.is_empty()
             || packet.kid.is_empty()
