@@ -95,6 +95,9 @@ fn mask_chip_key_never_verifies_and_never_skips_the_chip_id_check() {
     let v = verify_sim(&sim, &unsigned, &Requirements::default());
     assert!(!v.passed());
     assert!(failed(&v).contains(&"report is signed (MASK_CHIP_KEY clear)"));
+    assert!(detail(&v, "report is signed (MASK_CHIP_KEY clear)").contains("is set"));
+    let signed = verify_sim(&sim, &sim_report(&sim), &Requirements::default());
+    assert!(detail(&signed, "report is signed (MASK_CHIP_KEY clear)").contains("is clear"));
 
     // The same bit flipped in a real report: refused (and named).
     let (mut real, chain, at) = vector("milan-trustee");

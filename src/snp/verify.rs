@@ -273,10 +273,15 @@ pub fn verify_report_with(
     );
     // With MASK_CHIP_KEY the firmware does not sign at all; say so rather than only report a
     // bad signature, and never let the bit relax another check.
+    let chip_key_masked = report.key_info & KEY_INFO_MASK_CHIP_KEY != 0;
     v.record(
         "report is signed (MASK_CHIP_KEY clear)",
-        report.key_info & KEY_INFO_MASK_CHIP_KEY == 0,
-        "key_info MASK_CHIP_KEY is set: the firmware wrote zeros instead of a signature",
+        !chip_key_masked,
+        if chip_key_masked {
+            "key_info MASK_CHIP_KEY is set: the firmware wrote zeros instead of a signature"
+        } else {
+            "key_info MASK_CHIP_KEY is clear: the firmware signed the report"
+        },
     );
     let expected_role = match report.signing_key() {
         SigningKey::Vcek => Some(Role::Vcek),
