@@ -31,8 +31,9 @@ async fn get_resource(
             .provisioner
             .kbs_resource(&request.resource_path)
             .await?;
+        // The plaintext resource, in a buffer zeroized once the reply is sent.
         return Ok(pb::GetResourceResponse {
-            resource: resource.to_vec(),
+            resource: super::secret_json::bytes(resource),
         });
     }
     let name = request.resource_path.trim_matches('/');
