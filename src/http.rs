@@ -36,6 +36,7 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, HttpSetupError> 
         .connect_timeout(options.connect_timeout)
         .timeout(options.timeout)
         .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(same_origin_only))
         .https_only(false);
     if let Some(path) = &options.extra_ca {
         builder = builder.tls_certs_merge(load_ca(path)?);
@@ -43,6 +44,25 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, HttpSetupError> 
     builder
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
+}
+
+/// Redirects stay on the origin a request was checked for. reqwest's default follows any
+/// redirect and, on 307/308, sends the body again to the new host: a KMS answering a release
+/// with `307 Location: http://elsewhere/` would hand the MAA token (the release body) to a host
+/// no allow-list admitted, in clear text. A cross-origin redirect is returned to the caller as
+/// the 3xx it is (an error there); same-origin ones are followed, at most 5.
+fn same_origin_only(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let next = attempt.url();
+    let same_origin = attempt.previous().last().is_some_and(|previous| {
+        previous.scheme() == next.scheme()
+            && previous.host_str() == next.host_str()
+            && previous.port_or_known_default() == next.port_or_known_default()
+    });
+    if same_origin && attempt.previous().len() <= 5 {
+        attempt.follow()
+    } else {
+        attempt.stop()
+    }
 }
 
 fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpSetupError> {
@@ -382,6 +402,66 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("larger than 4999 bytes"), "{err}");
+    }
+
+    /// A redirect to another origin is not followed: on a 307 reqwest would send the body (a
+    /// release's MAA token) again to the host the `Location` names.
+    #[tokio::test]
+    async fn redirects_to_another_origin_are_not_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let bound = || async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            (listener, addr)
+        };
+        let (elsewhere, elsewhere_addr) = bound().await;
+        let reached = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&reached);
+        let router = axum::Router::new().fallback(move || {
+            let counter = std::sync::Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                "thanks"
+            }
+        });
+        tokio::spawn(async move { axum::serve(elsewhere, router).await });
+        let (kms, kms_addr) = bound().await;
+        let away = format!("http://{elsewhere_addr}/stolen");
+        let redirect = |to: String| {
+            move || async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, to)],
+                )
+            }
+        };
+        let router = axum::Router::new()
+            .route("/release", axum::routing::post(redirect(away)))
+            .route("/moved", axum::routing::post(redirect("/here".into())))
+            .route(
+                "/here",
+                axum::routing::post(|body: String| async move { body }),
+            );
+        tokio::spawn(async move { axum::serve(kms, router).await });
+
+        let http = client(&HttpOptions::default()).unwrap();
+        let response = http
+            .post(format!("http://{kms_addr}/release"))
+            .body(r#"{"target":"maa-token"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(reached.load(Ordering::SeqCst), 0, "the body went elsewhere");
+        // Same origin: followed as before.
+        let response = http
+            .post(format!("http://{kms_addr}/moved"))
+            .body("same")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_eq!(response.text().await.unwrap(), "same");
     }
 
     #[test]
