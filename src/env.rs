@@ -19,6 +19,10 @@ pub const AASP_TRUST_ROOT: &str = "AASP_TRUST_ROOT";
 pub const SKR_SIDECAR_ARGS: &str = "SkrSideCarArgs";
 /// The AASP sidecar's name for the same configuration.
 pub const AASP_SIDECAR_ARGS: &str = "AaspSideCarArgs";
+/// `--shutdown-grace`: seconds in-flight calls may take after SIGTERM/SIGINT.
+pub const AASP_SHUTDOWN_GRACE: &str = "AASP_SHUTDOWN_GRACE";
+/// `--provider-name`: extra ocicrypt provider names, comma-separated.
+pub const AASP_PROVIDER_NAME: &str = "AASP_PROVIDER_NAME";
 /// `aasp skr`: the SKR sidecar's port (its `/skr.sh` reads `Port`), 8080 by default.
 pub const SKR_PORT: &str = "Port";
 /// `aasp skr`: `grpc` for gRPC, anything else for the REST API (the sidecar's `ServerType`).

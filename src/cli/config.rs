@@ -7,7 +7,7 @@ use crate::env;
 use std::path::Path;
 
 /// Options a configuration file may set, with the variable each feeds.
-pub const FILE_KEYS: [(&str, &str); 20] = [
+pub const FILE_KEYS: [(&str, &str); 22] = [
     ("listen", env::AASP_LISTEN),
     ("allow-remote", env::AASP_ALLOW_REMOTE),
     ("rest-listen", env::AASP_REST_LISTEN),
@@ -28,6 +28,8 @@ pub const FILE_KEYS: [(&str, &str); 20] = [
     ("log-format", env::AASP_LOG_FORMAT),
     ("allow-kms-host", env::AASP_ALLOW_KMS_HOST),
     ("allow-maa-host", env::AASP_ALLOW_MAA_HOST),
+    ("shutdown-grace", env::AASP_SHUTDOWN_GRACE),
+    ("provider-name", env::AASP_PROVIDER_NAME),
 ];
 
 /// The file named by `--config FILE`/`--config=FILE` in `args`, else by `AASP_CONFIG`.

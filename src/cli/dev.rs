@@ -107,6 +107,12 @@ pub async fn start_with(
     options: &EmulatorOptions,
 ) -> Result<DevStack, String> {
     serve::check_listeners(listen, false)?;
+    // Before anything is written to the state directory: a taken port ends here, named.
+    for l in listen {
+        if let Listen::Tcp(addr) = l {
+            probe_port(*addr, "--listen")?;
+        }
+    }
     if !emulator_listen.ip().is_loopback() && !options.allow_remote {
         return Err(format!(
             "--emulator-listen {emulator_listen} is not a loopback address; add --emulator-allow-remote to serve it"
@@ -128,13 +134,48 @@ pub async fn start_with(
         super::azure::accepted_measurements(options.accept_measurements.clone(), &sim);
     // The emulated KBS releases resources to the same measurements MAA calls compliant.
     config.kbs.policy.measurements = config.accepted_measurements.clone();
-    let emulator = crate::emulator::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    // The emulator's URL is inside every annotation wrapped for the demo keys: reuse the port
+    // of the previous run (when none was asked for), so those annotations still unwrap.
+    let listen_file = state_dir.join("emulator").join("listen");
+    let remembered = (emulator_listen.port() == 0)
+        .then(|| std::fs::read_to_string(&listen_file).ok())
+        .flatten()
+        .and_then(|text| text.trim().parse::<SocketAddr>().ok())
+        .filter(|addr| addr.ip() == emulator_listen.ip());
+    let emulator = match remembered {
+        Some(addr) => {
+            let mut again = config.clone();
+            again.listen = addr;
+            match crate::emulator::start(again).await {
+                Ok(emulator) => emulator,
+                Err(e) => {
+                    tracing::warn!(
+                        "the emulator's previous address {addr} is not available ({e}): annotations \
+                         wrapped in earlier runs name it and will not unwrap in this one"
+                    );
+                    crate::emulator::start(config)
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+            }
+        }
+        None => crate::emulator::start(config)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    crate::files::write_private(&listen_file, emulator.host().as_bytes())
+        .map_err(|e| format!("{}: {e}", listen_file.display()))?;
     seed_kbs_resource(&emulator)?;
 
     let keys_dir = state_dir.join("keys");
-    import_demo_keys(&emulator, &hex::encode(sim.host_data()), &keys_dir).await?;
+    let key_store = state_dir.join("emulator").join("demo-keys.json");
+    import_demo_keys(
+        &emulator,
+        &hex::encode(sim.host_data()),
+        &keys_dir,
+        &key_store,
+    )
+    .await?;
     let backend = BackendArgs::for_emulator(
         &emulator.url,
         &emulator.ca_path,
@@ -163,10 +204,93 @@ pub async fn start_with(
     })
 }
 
+/// Fails with a message naming the port when `addr` is taken (port 0 always binds).
+fn probe_port(addr: SocketAddr, flag: &str) -> Result<(), String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "port {} on {} is already in use: another aasp (aasp dev or aasp serve) may be running; \
+             stop it, or pass {flag} {}:<another port>",
+            addr.port(),
+            addr.ip(),
+            addr.ip()
+        )),
+        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+    }
+}
+
+/// The demo keys' material, kept in the state directory (mode 0600) so that secrets wrapped
+/// for them survive a restart of `aasp dev`. Development keys of the emulator's HSM only.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DemoKeys {
+    /// PKCS#8 DER of the RSA-3072 key, standard base64.
+    rsa_pkcs8: String,
+    /// The AES-256 key, standard base64.
+    oct: String,
+}
+
+impl Drop for DemoKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.rsa_pkcs8.zeroize();
+        self.oct.zeroize();
+    }
+}
+
+/// Loads the demo keys from `store`, or makes and stores new ones.
+fn demo_keys(store: &Path) -> Result<(Jwk, Jwk), String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let keys = match std::fs::read(store) {
+        Ok(text) => {
+            let text = zeroize::Zeroizing::new(text);
+            serde_json::from_slice::<DemoKeys>(&text).map_err(|e| {
+                format!("{}: {e} (delete it to make new demo keys)", store.display())
+            })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072)
+                .map_err(|_| "RSA generation failed")?;
+            let rsa_der = rsa.as_der().map_err(|_| "RSA encoding failed")?;
+            let mut oct = zeroize::Zeroizing::new([0u8; 32]);
+            aws_lc_rs::rand::SecureRandom::fill(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                oct.as_mut(),
+            )
+            .map_err(|_| "no randomness")?;
+            let keys = DemoKeys {
+                rsa_pkcs8: b64.encode(rsa_der.as_ref()),
+                oct: b64.encode(oct.as_ref()),
+            };
+            let text =
+                zeroize::Zeroizing::new(serde_json::to_vec(&keys).map_err(|e| e.to_string())?);
+            if let Some(dir) = store.parent() {
+                crate::files::create_private_dir(dir).map_err(|e| e.to_string())?;
+            }
+            crate::files::write_private(store, &text)
+                .map_err(|e| format!("{}: {e}", store.display()))?;
+            keys
+        }
+        Err(e) => return Err(format!("{}: {e}", store.display())),
+    };
+    let bad = |what: &str| {
+        format!(
+            "{}: {what} is not valid (delete the file to make new demo keys)",
+            store.display()
+        )
+    };
+    let rsa_der =
+        zeroize::Zeroizing::new(b64.decode(&keys.rsa_pkcs8).map_err(|_| bad("rsa_pkcs8"))?);
+    let oct = zeroize::Zeroizing::new(b64.decode(&keys.oct).map_err(|_| bad("oct"))?);
+    let rsa_jwk = Jwk::from_pkcs8(KeyFamily::Rsa, &rsa_der).map_err(|_| bad("rsa_pkcs8"))?;
+    Ok((rsa_jwk, Jwk::oct(&oct)))
+}
+
 async fn import_demo_keys(
     emulator: &crate::emulator::Running,
     hostdata: &str,
     keys_dir: &Path,
+    key_store: &Path,
 ) -> Result<(), String> {
     let client = TlsArgs {
         extra_ca: Some(emulator.ca_path.clone()),
@@ -188,14 +312,7 @@ async fn import_demo_keys(
     let kms = KmsClient::new(client, anchors, RetryPolicy::default());
     let policy = ReleasePolicy::for_hostdata(&emulator.host(), hostdata, &[]);
 
-    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072)
-        .map_err(|_| "RSA generation failed")?;
-    let rsa_der = rsa.as_der().map_err(|_| "RSA encoding failed")?;
-    let rsa_jwk = Jwk::from_pkcs8(KeyFamily::Rsa, rsa_der.as_ref()).map_err(|e| e.to_string())?;
-    let mut oct = zeroize::Zeroizing::new([0u8; 32]);
-    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), oct.as_mut())
-        .map_err(|_| "no randomness")?;
-    let oct_jwk = Jwk::oct(oct.as_ref());
+    let (rsa_jwk, oct_jwk) = demo_keys(key_store)?;
     for (name, jwk) in [(DEMO_RSA_KEY, &rsa_jwk), (DEMO_OCT_KEY, &oct_jwk)] {
         let key = KeyUrl::new(&emulator.url, name).map_err(|e| e.to_string())?;
         kms.import(&key, jwk, &policy, &access)
@@ -258,6 +375,10 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
 }
 
 fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
+    // The binary that is running, so the line works after `cargo run` without aasp on PATH.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "aasp".into());
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let grpc = grpc_listeners
@@ -288,43 +409,78 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
             "optsdata": b64.encode([0x42u8; 32]),
         }
     });
-    let unwrap_template = serde_json::json!({
-        "op": "keyunwrap",
-        "keyunwrapparams": { "dc": { "Parameters": { "attestation-agent": [b64.encode("aasp")] } }, "annotation": "<annotation>" }
-    });
     say!();
-    say!("Try it (grpcurl; reflection is on, no proto files needed):");
-    say!("  grpcurl -plaintext {grpc} list");
-    say!("  grpcurl -plaintext -d '{{\"name\":\"dev\"}}' {grpc} keyprovider.KeyProviderService/SayHello");
-    say!("  grpcurl -plaintext -d '{{\"reportDataHexString\":\"00ff\"}}' {grpc} keyprovider.KeyProviderService/GetReport");
+    say!("Try it (grpcurl; reflection is on, no proto files needed; each `$` line runs as is):");
+    say!("  $ grpcurl -plaintext {grpc} list");
+    say!("  $ grpcurl -plaintext -d '{{\"name\":\"dev\"}}' {grpc} keyprovider.KeyProviderService/SayHello");
+    say!("  $ grpcurl -plaintext -d '{{\"reportDataHexString\":\"00ff\"}}' {grpc} keyprovider.KeyProviderService/GetReport");
     say!(
-        "  grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/WrapKey",
+        "  $ grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/WrapKey",
         b64.encode(wrap.to_string())
     );
-    say!(
-        "  # UnWrapKey: put WrapKey's annotation into this JSON, base64 it, send it the same way:"
-    );
-    say!("  #   {unwrap_template}");
-    say!("  grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
-    say!("  grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
-    say!("  grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
+    // A runnable UnWrapKey: a demo secret wrapped offline for demo-rsa, exactly as `aasp wrap`
+    // would, so the command below answers with it.
+    match demo_unwrap_request(&stack.keys_dir) {
+        Ok(request) => say!(
+            "  $ grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/UnWrapKey",
+            b64.encode(request)
+        ),
+        Err(e) => say!("  (no UnWrapKey example: {e})"),
+    }
+    say!("  $ grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
+    say!("  $ grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
+    say!("  $ grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
     say!("  # Trustee KBS (emulated): a token with its TEE key, then a resource over RCAR:");
-    say!("  grpcurl -plaintext -d '{{\"TokenType\":\"kbs\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
+    say!("  $ grpcurl -plaintext -d '{{\"TokenType\":\"kbs\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
     say!(
-        "  grpcurl -plaintext -d '{{\"ResourcePath\":\"kbs:///{DEMO_KBS_RESOURCE}\",\"KbcName\":\"cc_kbc\"}}' {grpc} getresource.GetResourceService/GetResource"
+        "  $ grpcurl -plaintext -d '{{\"ResourcePath\":\"kbs:///{DEMO_KBS_RESOURCE}\",\"KbcName\":\"cc_kbc\"}}' {grpc} getresource.GetResourceService/GetResource"
     );
     say!(
-        "  aasp kbs get-resource kbs:///{DEMO_KBS_RESOURCE} --kbs-url {} --extra-ca {} --attester sim --state-dir {}",
+        "  $ {exe} kbs get-resource kbs:///{DEMO_KBS_RESOURCE} --kbs-url {} --extra-ca {} --attester sim --state-dir {}",
         stack.emulator.url,
         stack.emulator.ca_path.display(),
         stack.state_dir.display()
     );
     say!(
-        "  grpcurl -plaintext -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' {grpc} getresource.GetResourceService/GetResource",
+        "  $ grpcurl -plaintext -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' {grpc} getresource.GetResourceService/GetResource",
         stack.emulator.url
     );
-    say!("  grpcurl -plaintext {grpc} grpc.health.v1.Health/Check");
-    say!("Python client (grpcio): python3 examples/python/aasp_client.py --target {grpc} --keys-dir {}", stack.keys_dir.display());
-    say!("Protect a file for the demo key: aasp wrap --key-ref {DEMO_RSA_KEY} --keys-dir {} --in FILE --out FILE.annotation", stack.keys_dir.display());
+    say!("  $ grpcurl -plaintext {grpc} grpc.health.v1.Health/Check");
+    say!("Python client (grpcio, a venv with generated stubs; run from the repository root):");
+    say!(
+        "  $ examples/python/setup.sh target/pyvenv target/pystubs && target/pyvenv/bin/python examples/python/aasp_client.py --target {grpc} --keys-dir {} --stubs target/pystubs",
+        stack.keys_dir.display()
+    );
+    say!("Protect a secret (up to 318 bytes for RSA-3072) for the demo key:");
+    say!(
+        "  $ printf 'my secret' > /tmp/aasp-secret.txt && {exe} wrap --key-ref {DEMO_RSA_KEY} --keys-dir {} --in /tmp/aasp-secret.txt --out /tmp/aasp-secret.annotation",
+        stack.keys_dir.display()
+    );
+    say!(
+        "Demo keys, the emulator's port and its CA persist in {}: annotations wrapped now still unwrap after a restart.",
+        stack.state_dir.display()
+    );
     say!("Ctrl-C stops everything.");
+}
+
+/// An UnWrapKey request for a demo secret wrapped offline to demo-rsa.
+fn demo_unwrap_request(keys_dir: &Path) -> Result<String, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let resolved = crate::provision::layer::resolve(DEMO_RSA_KEY, Some(keys_dir), None)
+        .map_err(|e| e.to_string())?;
+    let spki = resolved
+        .public_spki
+        .clone()
+        .ok_or("demo-rsa has no public key")?;
+    let packet = crate::provision::layer::wrap_rsa(&resolved, &spki, b"hello from aasp dev")
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "op": "keyunwrap",
+        "keyunwrapparams": {
+            "dc": { "Parameters": { "attestation-agent": [b64.encode("aasp")] } },
+            "annotation": packet.to_annotation(),
+        }
+    })
+    .to_string())
 }

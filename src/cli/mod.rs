@@ -36,7 +36,7 @@ use std::sync::Arc;
     version,
     about = "Attests an AMD SEV-SNP confidential container and provisions secrets into it",
     long_about = "aasp runs beside a confidential workload: it reads the SNP attestation report, \
-gathers the VCEK certificate chain, verifies reports offline, and (in later commands) obtains \
+gathers the VCEK certificate chain, verifies reports offline, obtains \
 attestation tokens and releases keys. Without SNP hardware, `--attester sim` uses a local \
 simulated device whose chain is rooted in its own ARK."
 )]

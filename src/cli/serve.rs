@@ -35,7 +35,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Seconds to let in-flight calls finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = env::AASP_SHUTDOWN_GRACE, default_value_t = 10)]
     pub shutdown_grace: u64,
 }
 
@@ -49,7 +49,7 @@ pub struct BackendArgs {
     #[arg(long, env = env::AASP_KEYS_DIR, value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,
     /// Extra ocicrypt provider name accepted besides "attestation-agent"; repeatable.
-    #[arg(long)]
+    #[arg(long, env = env::AASP_PROVIDER_NAME, value_delimiter = ',')]
     pub provider_name: Vec<String>,
     /// IMDS base URL for managed identity [default: http://169.254.169.254].
     #[arg(long, env = env::AASP_IMDS_ENDPOINT, value_name = "URL")]
@@ -335,6 +335,18 @@ impl Running {
     }
 }
 
+/// Why a listener could not bind, naming the port when another process holds it.
+pub fn listen_error(listen: &Listen, e: &std::io::Error) -> String {
+    match (listen, e.kind()) {
+        (Listen::Tcp(addr), std::io::ErrorKind::AddrInUse) => format!(
+            "cannot listen on {addr}: port {} is already in use; another aasp (aasp serve or \
+             aasp dev) may be running there: stop it, or choose another port",
+            addr.port()
+        ),
+        _ => format!("cannot listen on {listen}: {e}"),
+    }
+}
+
 /// Binds every listener and serves the backend on each.
 pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, String> {
     let (router, health) = grpc_router(Arc::clone(&backend), &Limits::default());
@@ -346,9 +358,7 @@ pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, 
         tasks: Vec::new(),
     };
     for l in listen {
-        let bound = Bound::bind(l)
-            .await
-            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        let bound = Bound::bind(l).await.map_err(|e| listen_error(l, &e))?;
         running.add(bound, router.clone());
     }
     Ok(running)
@@ -383,9 +393,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         say!("aasp serving gRPC on {l}");
     }
     for l in &rest {
-        let bound = Bound::bind(l)
-            .await
-            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        let bound = Bound::bind(l).await.map_err(|e| listen_error(l, &e))?;
         say!("aasp serving the SKR REST API on http://{}", bound.local());
         running.add_with(
             bound,
@@ -394,9 +402,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         );
     }
     for l in &metrics {
-        let bound = Bound::bind(l)
-            .await
-            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        let bound = Bound::bind(l).await.map_err(|e| listen_error(l, &e))?;
         say!("aasp serving metrics on http://{}/metrics", bound.local());
         running.add_with(bound, crate::metrics::router(), ConnectionLimits::http());
     }

@@ -45,6 +45,16 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     let spki = match &resolved.public_spki {
         Some(spki) => spki.clone(),
+        // A key-info file without a public key: say so before any network call (an oct key such
+        // as demo-oct has none, and IMDS would only fail first).
+        None if !args.key_ref.contains("://") => {
+            return Err(format!(
+                "key {:?}: its key-info file names no public_key_path, so it cannot be wrapped \
+                 offline: only RSA keys with a public key can. An oct (AES) key such as demo-oct \
+                 wraps only inside the TEE, through the WrapKey RPC",
+                args.key_ref
+            ));
+        }
         None => {
             // Only the public half is needed: fetch it from the KMS.
             let client = args.tls.client()?;
@@ -65,7 +75,7 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             if bundle.key.family().map_err(|e| e.to_string())? != KeyFamily::Rsa {
                 return Err(format!(
-                    "{} is a {} key: only RSA keys can be wrapped to offline; use WrapKey inside the TEE for oct keys",
+                    "{} has key type {}: only RSA keys can be wrapped offline; an oct (AES) key wraps only inside the TEE, through the WrapKey RPC",
                     resolved.key, bundle.key.kty
                 ));
             }

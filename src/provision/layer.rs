@@ -229,10 +229,21 @@ pub fn wrap_rsa(resolved: &ResolvedKey, spki: &[u8], layer_key: &[u8]) -> Result
     let bits = public.key_size_bits();
     let public = OaepPublicEncryptingKey::new(public)
         .map_err(|_| invalid("the RSA key is not usable for OAEP"))?;
+    // RSA-OAEP with SHA-256 carries at most k - 2*32 - 2 bytes (RFC 8017 §7.1.1): 318 for
+    // RSA-3072. Name the limit and the way past it rather than a bare "too long".
+    let max = public.key_size_bytes().saturating_sub(66);
+    if layer_key.len() > max {
+        return Err(invalid(format!(
+            "the secret is {} bytes; RSA-OAEP-SHA256 with this RSA-{bits} key wraps at most {max}. \
+             Wrap a key instead of the data (envelope): encrypt the data with a random 32-byte \
+             AES key and wrap that key (README \"Protect a secret\")",
+            layer_key.len()
+        )));
+    }
     let mut out = vec![0u8; public.ciphertext_size()];
     let wrapped = public
         .encrypt(&OAEP_SHA256_MGF1SHA256, layer_key, &mut out, None)
-        .map_err(|_| invalid("the layer key is too long for RSA-OAEP with this key"))?;
+        .map_err(|_| invalid(format!("RSA-OAEP with this RSA-{bits} key failed")))?;
     Ok(packet(
         resolved,
         STANDARD.encode(wrapped),
@@ -437,6 +448,17 @@ mod tests {
             unwrap_with(&packet, &released(&jwk)).unwrap().as_slice(),
             &[7; 32]
         );
+        // The OAEP-SHA256 limit is named, with the way past it: 190 bytes for RSA-2048.
+        let spki = jwk.rsa_public_spki().unwrap();
+        assert!(wrap_rsa(&resolved(), &spki, &[1; 190]).is_ok());
+        let too_long = wrap_rsa(&resolved(), &spki, &[1; 191])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            too_long.contains("191 bytes") && too_long.contains("at most 190"),
+            "{too_long}"
+        );
+        assert!(too_long.contains("envelope"), "{too_long}");
     }
 
     #[test]

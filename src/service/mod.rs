@@ -70,7 +70,8 @@ pub async fn rpc<T>(
     let span = tracing::info_span!("rpc", method);
     let started = Instant::now();
     let result = work.instrument(span.clone()).await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Whole microseconds: a float of milliseconds logs as 0.00043099999999999996.
+    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let _enter = span.enter();
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
@@ -79,13 +80,13 @@ pub async fn rpc<T>(
     crate::metrics::record_rpc(method, &format!("{code:?}"), started.elapsed());
     match result {
         Ok(reply) => {
-            tracing::info!(status = "OK", elapsed_ms, "rpc done");
+            tracing::info!(status = "OK", elapsed_us, "rpc done");
             Ok(tonic::Response::new(reply))
         }
         Err(e) => {
             let status = tonic::Status::from(e);
             // `detail`, not `message`: that key is the event's own text in JSON logs.
-            tracing::warn!(status = ?status.code(), detail = status.message(), elapsed_ms, "rpc failed");
+            tracing::warn!(status = ?status.code(), detail = status.message(), elapsed_us, "rpc failed");
             Err(status)
         }
     }
@@ -108,9 +109,16 @@ impl std::str::FromStr for Listen {
             }
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
-        s.parse::<SocketAddr>()
-            .map(Listen::Tcp)
-            .map_err(|_| format!("{s:?} is neither host:port (an IP address) nor unix:///path"))
+        // `localhost:PORT` is loopback by definition: 127.0.0.1, never a resolver's answer.
+        if let Some(port) = s.strip_prefix("localhost:") {
+            return port
+                .parse::<u16>()
+                .map(|port| Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], port))))
+                .map_err(|_| format!("{s:?}: {port:?} is not a port number"));
+        }
+        s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| {
+            format!("{s:?} is neither host:port (an IP address or localhost) nor unix:///path")
+        })
     }
 }
 
@@ -398,6 +406,16 @@ mod tests {
             Bound::bind(&socket).await.is_ok(),
             "a stale socket is replaced"
         );
+    }
+
+    #[test]
+    fn localhost_listens_on_loopback() {
+        assert_eq!(
+            "localhost:50000".parse::<Listen>().unwrap(),
+            Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 50000)))
+        );
+        assert!("localhost:x".parse::<Listen>().is_err());
+        assert!("example.com:50000".parse::<Listen>().is_err());
     }
 
     #[test]

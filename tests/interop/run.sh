@@ -21,3 +21,6 @@ start_dev "$state" $(( 50100 + RANDOM % 800 ))
 
 # SKR sidecar drop-in: the sidecar's own client requests against aasp started as its /skr.sh.
 "$root/tests/interop/skr.sh" "$venv" "$stubs"
+
+# The first hour: every command aasp dev prints runs verbatim; wrapped secrets survive a restart.
+"$root/tests/interop/dev_guide.sh" "$venv" "$stubs"
