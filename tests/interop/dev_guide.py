@@ -77,8 +77,9 @@ def main():
             except Exception as e:  # noqa: BLE001 - report every failure the same way
                 check(name, False, e)
         else:
-            done = subprocess.run(["bash", "-c", line], cwd=root, capture_output=True, text=True)
-            check(name, done.returncode == 0, (done.stdout + done.stderr)[-600:])
+            # Bytes: a command may print a binary resource.
+            done = subprocess.run(["bash", "-c", line], cwd=root, capture_output=True)
+            check(name, done.returncode == 0, (done.stdout + done.stderr)[-600:].decode(errors="replace"))
 
     print(f"{results['passed']} passed, {results['failed']} failed")
     sys.exit(1 if results["failed"] else 0)
