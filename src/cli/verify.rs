@@ -24,7 +24,7 @@ pub struct VerifyArgs {
     chain: Option<PathBuf>,
     /// Verify as of this time (RFC 3339, e.g. 2026-03-25T00:00:00Z) instead of now: certificate
     /// validity is checked at this instant.
-    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    #[arg(long, value_name = "RFC3339|YYYY-MM-DD", value_parser = parse_rfc3339)]
     at: Option<u64>,
     /// PEM file of additional trusted ARKs (for example a simulator's `ark.pem`).
     #[arg(long, value_name = "FILE")]
@@ -71,9 +71,20 @@ pub enum OutputFormat {
     Json,
 }
 
+/// An RFC 3339 time, or a plain date `YYYY-MM-DD` (midnight UTC).
 fn parse_rfc3339(s: &str) -> Result<u64, String> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("not an RFC 3339 time: {e}"))?;
+    let date_only = time::macros::format_description!("[year]-[month]-[day]");
+    let t = match time::Date::parse(s.trim(), &date_only) {
+        Ok(date) => date.midnight().assume_utc(),
+        Err(_) => {
+            time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    format!(
+                        "not an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01): {e}"
+                    )
+                })?
+        }
+    };
     u64::try_from(t.unix_timestamp()).map_err(|_| "times before 1970 are not supported".into())
 }
 
@@ -180,4 +191,22 @@ pub fn print_checks(v: &Verification) {
             "NOT verified"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rfc3339;
+
+    #[test]
+    fn at_takes_a_date_or_an_rfc3339_time() {
+        assert_eq!(parse_rfc3339("2024-05-01").unwrap(), 1_714_521_600);
+        assert_eq!(
+            parse_rfc3339("2024-05-01T00:00:00Z").unwrap(),
+            1_714_521_600
+        );
+        assert!(parse_rfc3339("2024-13-01").is_err());
+        assert!(parse_rfc3339("yesterday")
+            .unwrap_err()
+            .contains("2024-05-01"));
+    }
 }

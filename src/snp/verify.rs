@@ -493,7 +493,14 @@ fn verify_chain(v: &mut Verification, chain: &Chain, trust: &TrustStore) -> Opti
     v.record(
         "product matches chain",
         products.iter().all(|p| p.is_some() && *p == products[0]),
-        format!("signer, intermediate, root: {products:?}"),
+        {
+            // Plain names ("Milan, Milan, Milan"), "unknown" where a certificate names none.
+            let names: Vec<&str> = products
+                .iter()
+                .map(|p| p.as_deref().unwrap_or("unknown"))
+                .collect();
+            format!("signer, intermediate, root: {}", names.join(", "))
+        },
     );
     Some((intermediate.clone(), ark.clone()))
 }
