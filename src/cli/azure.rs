@@ -33,6 +33,10 @@ pub struct EmulateArgs {
     /// Every other measurement gets `azure-non-compliant`. Default: the simulator's own.
     #[arg(long, value_name = "HEX", value_parser = super::parse_hex_array::<48>)]
     accept_measurement: Vec<[u8; 48]>,
+    /// Seed the emulated Trustee KBS: `<repository>/<type>/<tag>=FILE`; repeatable. The KBS
+    /// releases resources to the measurements MAA calls compliant.
+    #[arg(long, value_name = "PATH=FILE")]
+    kbs_resource: Vec<String>,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -53,9 +57,22 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
     config.thim_json = Some(sim.thim_json());
     config.accepted_measurements = accepted_measurements(args.accept_measurement, &sim);
     config.faults = args.faults;
+    config.kbs.policy.measurements = config.accepted_measurements.clone();
     let running = crate::emulator::start(config)
         .await
         .map_err(|e| e.to_string())?;
+    for seed in &args.kbs_resource {
+        let (path, file) = seed
+            .split_once('=')
+            .ok_or_else(|| format!("--kbs-resource {seed:?}: expected <repo>/<type>/<tag>=FILE"))?;
+        let value = zeroize::Zeroizing::new(
+            std::fs::read(file).map_err(|e| format!("--kbs-resource {file}: {e}"))?,
+        );
+        running
+            .kbs
+            .put_resource(path, &value)
+            .map_err(|e| format!("--kbs-resource {path}: {e}"))?;
+    }
     say!("aasp emulator listening on {}", running.url);
     say!(
         "  dev CA (pass as --extra-ca):  {}",
@@ -73,6 +90,11 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
         running.url
     );
     say!("  MHSM:     {}/keys/<name>", running.url);
+    say!(
+        "  KBS:      {}/kbs/v0   ({} seeded resource(s))",
+        running.url,
+        args.kbs_resource.len()
+    );
     say!("  simulated host_data: {}", hex::encode(sim.host_data()));
     say!("Ctrl-C stops it.");
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
