@@ -377,6 +377,7 @@ pub fn client_pinned(options: &HttpOptions, pem: &str) -> Result<reqwest::Client
         .connect_timeout(options.connect_timeout)
         .timeout(options.timeout)
         .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(same_origin_only))
         .tls_certs_only(certs)
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
@@ -444,24 +445,33 @@ mod tests {
             );
         tokio::spawn(async move { axum::serve(kms, router).await });
 
-        let http = client(&HttpOptions::default()).unwrap();
-        let response = http
-            .post(format!("http://{kms_addr}/release"))
-            .body(r#"{"target":"maa-token"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
-        assert_eq!(reached.load(Ordering::SeqCst), 0, "the body went elsewhere");
-        // Same origin: followed as before.
-        let response = http
-            .post(format!("http://{kms_addr}/moved"))
-            .body("same")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-        assert_eq!(response.text().await.unwrap(), "same");
+        let pinned = rcgen::generate_simple_self_signed(vec!["kbs.example".into()])
+            .unwrap()
+            .cert
+            .pem();
+        // Both ways aasp builds clients: the general one and the KBS's pinned one.
+        for http in [
+            client(&HttpOptions::default()).unwrap(),
+            client_pinned(&HttpOptions::default(), &pinned).unwrap(),
+        ] {
+            let response = http
+                .post(format!("http://{kms_addr}/release"))
+                .body(r#"{"target":"maa-token"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+            assert_eq!(reached.load(Ordering::SeqCst), 0, "the body went elsewhere");
+            // Same origin: followed as before.
+            let response = http
+                .post(format!("http://{kms_addr}/moved"))
+                .body("same")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::OK);
+            assert_eq!(response.text().await.unwrap(), "same");
+        }
     }
 
     #[test]
