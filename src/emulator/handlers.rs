@@ -139,10 +139,30 @@ fn require_metadata_header(headers: &HeaderMap) -> Result<(), Failure> {
     }
 }
 
-fn issue_access_token(state: &State) -> String {
+/// Issued access tokens the emulator remembers at most. IMDS answers anyone on loopback, and
+/// `aasp dev` runs the emulator in its own process: without a bound, a local loop of token
+/// requests would grow that process's memory for as long as it runs.
+pub(super) const MAX_ACCESS_TOKENS: usize = 10_000;
+
+pub(super) fn issue_access_token(state: &State) -> String {
     let token = random_hex(32);
     state.counters.tokens.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut tokens) = state.access_tokens.lock() {
+        if tokens.len() >= MAX_ACCESS_TOKENS {
+            let current = now() as u64;
+            tokens.retain(|_, expiry| *expiry > current);
+        }
+        if tokens.len() >= MAX_ACCESS_TOKENS {
+            // Still full of live tokens: the one closest to expiry makes room (its holder gets a
+            // 401 and fetches another, as from a real HSM after a revocation).
+            let oldest = tokens
+                .iter()
+                .min_by_key(|(_, expiry)| **expiry)
+                .map(|(t, _)| t.clone());
+            if let Some(oldest) = oldest {
+                tokens.remove(&oldest);
+            }
+        }
         tokens.insert(
             token.clone(),
             (now() as u64) + ACCESS_TOKEN_LIFETIME.as_secs(),

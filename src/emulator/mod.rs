@@ -311,3 +311,32 @@ impl std::error::Error for DroppedByFault {}
 
 /// Issued Entra/IMDS access tokens live this long.
 const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 item 3 (cache growth): every IMDS/Entra token the emulator issued stayed in its
+    /// map for good; in `aasp dev` a local request loop grew the process without bound.
+    #[tokio::test]
+    async fn issued_access_tokens_are_bounded_and_expired_ones_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = start(Config::new(dir.path().to_path_buf())).await.unwrap();
+        let state = &running.state;
+        let held = || state.access_tokens.lock().unwrap().len();
+        state
+            .access_tokens
+            .lock()
+            .unwrap()
+            .insert("expired".into(), 1);
+        for _ in 0..handlers::MAX_ACCESS_TOKENS + 50 {
+            handlers::issue_access_token(state);
+        }
+        assert!(held() <= handlers::MAX_ACCESS_TOKENS, "{} held", held());
+        assert!(!state.access_tokens.lock().unwrap().contains_key("expired"));
+        // The newest token is still honoured.
+        let newest = handlers::issue_access_token(state);
+        assert!(state.access_tokens.lock().unwrap().contains_key(&newest));
+        running.shutdown();
+    }
+}
