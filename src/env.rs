@@ -60,6 +60,8 @@ pub const AASP_CACHE_TTL: &str = "AASP_CACHE_TTL";
 pub const AASP_REST_LISTEN: &str = "AASP_REST_LISTEN";
 /// `--metrics-listen`: address of the Prometheus `/metrics` endpoint (off when unset).
 pub const AASP_METRICS_LISTEN: &str = "AASP_METRICS_LISTEN";
+/// `--ttrpc-listen`: Unix sockets serving the attestation-agent API over ttrpc (Kata / CoCo).
+pub const AASP_TTRPC_LISTEN: &str = "AASP_TTRPC_LISTEN";
 /// `--config`: an optional TOML file of options (see `cli/config.rs`).
 pub const AASP_CONFIG: &str = "AASP_CONFIG";
 /// `--log-format`: `text` or `json`.

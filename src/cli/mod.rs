@@ -9,6 +9,7 @@ macro_rules! say {
     }};
 }
 
+pub mod attestation_agent;
 mod azure;
 mod config;
 pub mod dev;
@@ -363,11 +364,48 @@ fn init_logging(format: LogFormat, file: Option<std::fs::File>) {
     }
 }
 
+/// Sets up logging and hardening, then runs one command on the async runtime (the
+/// attestation-agent personality's path; `main` does the same for aasp's own commands).
+fn run_command(
+    log_format: LogFormat,
+    allow_core_dumps: bool,
+    command: impl std::future::Future<Output = Result<ExitCode, String>>,
+) -> ExitCode {
+    init_logging(log_format, None);
+    if !allow_core_dumps {
+        if let Err(e) = crate::hardening::disable_dumps() {
+            tracing::warn!(error = %e, "cannot disable core dumps and ptrace attach");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the command line; the process exit code is the result.
 pub fn main() -> ExitCode {
     // The file feeds the options' environment variables before clap reads them; this runs
     // before any thread exists.
     let args: Vec<String> = std::env::args().collect();
+    // Started as Kata starts the CoCo attestation agent: upstream's command line, not aasp's.
+    if attestation_agent::invoked(&args) {
+        let agent = attestation_agent::AgentArgs::parse_from(&args);
+        return run_command(LogFormat::Text, false, attestation_agent::run(agent));
+    }
     if let Some(path) = config::config_path(&args) {
         match config::variables(std::path::Path::new(&path)) {
             Ok(vars) => vars

@@ -29,6 +29,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at /metrics on this address, e.g. 127.0.0.1:9090. Off by default.
     #[arg(long, env = env::AASP_METRICS_LISTEN, value_name = "HOST:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the attestation-agent, keyprovider and getresource APIs over ttrpc, as Kata /
+    /// Confidential Containers guest components call their attestation agent, on this Unix
+    /// socket (unix:///path); repeatable. Off by default.
+    #[arg(long, env = env::AASP_TTRPC_LISTEN, value_delimiter = ',', value_name = "unix:///PATH")]
+    pub ttrpc_listen: Vec<Listen>,
     /// Allow non-loopback TCP listeners (aasp hands out keys: keep it inside the pod).
     #[arg(long, env = env::AASP_ALLOW_REMOTE)]
     pub allow_remote: bool,
@@ -322,6 +327,18 @@ impl Running {
             .push(tokio::spawn(bound.serve_with(router, limits, shutdown)));
     }
 
+    /// Serves the ttrpc services on one more Unix socket under the same shutdown signal.
+    pub fn add_ttrpc(&mut self, bound: crate::service::ttrpc::TtrpcBound, backend: Arc<Backend>) {
+        let mut stopped = self.stop.subscribe();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        self.listeners
+            .push(Listen::Unix(bound.path().to_path_buf()));
+        self.tasks
+            .push(tokio::spawn(bound.serve(backend, shutdown)));
+    }
+
     /// Stops accepting, lets in-flight calls finish for up to `grace`.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
@@ -364,6 +381,26 @@ pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, 
     Ok(running)
 }
 
+/// Binds the `--ttrpc-listen` sockets (Unix only: ttrpc callers are on the same machine).
+pub fn serve_ttrpc(
+    running: &mut Running,
+    backend: &Arc<Backend>,
+    listen: &[Listen],
+) -> Result<(), String> {
+    for l in listen {
+        let Listen::Unix(path) = l else {
+            return Err(format!(
+                "--ttrpc-listen {l}: ttrpc is served on Unix sockets only (unix:///path)"
+            ));
+        };
+        let bound = crate::service::ttrpc::TtrpcBound::bind(path)
+            .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+        say!("aasp serving ttrpc on {l}");
+        running.add_ttrpc(bound, Arc::clone(backend));
+    }
+    Ok(())
+}
+
 /// aws-lc seeds its RNG from CPU jitter entropy on first use in a process: about 40 ms of CPU
 /// here. Starting that now, on its own thread, overlaps it with the rest of start-up instead of
 /// leaving it in front of the first report (and of health SERVING). Jitter entropy stays on:
@@ -401,6 +438,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             ConnectionLimits::http(),
         );
     }
+    serve_ttrpc(&mut running, &backend, &args.ttrpc_listen)?;
     for l in &metrics {
         let bound = Bound::bind(l).await.map_err(|e| listen_error(l, &e))?;
         say!("aasp serving metrics on http://{}/metrics", bound.local());

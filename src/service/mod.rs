@@ -13,6 +13,7 @@ pub mod getresource;
 pub mod keyprovider;
 pub mod rest;
 pub mod secret_json;
+pub mod ttrpc;
 pub mod unix_socket;
 
 use crate::proto;
