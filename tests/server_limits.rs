@@ -266,3 +266,98 @@ fn header_only_streams_do_not_starve_other_calls() {
         drop((held, clients));
     });
 }
+
+/// An HPACK literal never indexed, new name, no Huffman (lengths < 127 here).
+fn hpack_literal(name: &str, value: &str, out: &mut Vec<u8>) {
+    out.push(0x10);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Raw HTTP/2 over the Unix socket with the `:authority` grpcio (percent-encoded path) and
+/// grpc-java (raw path) send: each SayHello must be answered, not reset with PROTOCOL_ERROR.
+#[test]
+fn unix_socket_calls_with_a_socket_path_authority_are_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = shared();
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aasp.sock");
+        let server = aasp::cli::serve::start(
+            std::sync::Arc::clone(&s.stack.backend),
+            &[aasp::service::Listen::Unix(path.clone())],
+        )
+        .await
+        .unwrap();
+        let raw_path = path.to_str().unwrap().to_owned();
+        let encoded = raw_path.trim_start_matches('/').replace('/', "%2F");
+        let mut socket = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[]));
+        for (stream, authority) in [(1u32, encoded.as_str()), (3, raw_path.as_str())] {
+            let mut block = Vec::new();
+            hpack_literal(":method", "POST", &mut block);
+            hpack_literal(":scheme", "http", &mut block);
+            hpack_literal(
+                ":path",
+                "/keyprovider.KeyProviderService/SayHello",
+                &mut block,
+            );
+            hpack_literal(":authority", authority, &mut block);
+            hpack_literal("content-type", "application/grpc", &mut block);
+            hpack_literal("te", "trailers", &mut block);
+            out.extend(h2_frame(0x1, 0x4, stream, &block));
+            let name = format!("uds{stream}");
+            let mut message = vec![0x0a, name.len() as u8];
+            message.extend_from_slice(name.as_bytes());
+            let mut data = vec![0];
+            data.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            data.extend_from_slice(&message);
+            out.extend(h2_frame(0x0, 0x1, stream, &data));
+        }
+        socket.write_all(&out).await.unwrap();
+
+        let mut answered = std::collections::BTreeSet::new();
+        let read_all = async {
+            let mut buf = Vec::new();
+            while answered.len() < 2 {
+                let mut chunk = [0u8; 4096];
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the server closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+                while buf.len() >= 9 {
+                    let len =
+                        usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                    if buf.len() < 9 + len {
+                        break;
+                    }
+                    let kind = buf[3];
+                    let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+                    let payload = buf[9..9 + len].to_vec();
+                    buf.drain(..9 + len);
+                    assert_ne!(kind, 0x3, "stream {stream} was reset: {payload:?}");
+                    if kind == 0x0 && stream != 0 {
+                        let text = String::from_utf8_lossy(&payload).into_owned();
+                        assert!(text.contains(&format!("Hello uds{stream}")), "{text}");
+                        answered.insert(stream);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), read_all)
+            .await
+            .expect("no answer");
+        drop(socket);
+        server.shutdown(std::time::Duration::from_secs(5)).await;
+    });
+}

@@ -162,9 +162,11 @@ impl Accept for tokio::net::TcpListener {
 }
 
 impl Accept for tokio::net::UnixListener {
-    type Io = tokio::net::UnixStream;
+    // Unix-socket clients send the socket path as `:authority`: accept it (see the module).
+    type Io = super::any_authority::AnyAuthority<tokio::net::UnixStream>;
     async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        Ok(tokio::net::UnixListener::accept(self).await?.0)
+        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok(super::any_authority::AnyAuthority::new(stream))
     }
 }
 

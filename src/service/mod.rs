@@ -5,6 +5,7 @@
 //! Each protocol is a file whose handlers decode the request, call `provision`/`snp`, and encode
 //! the reply; errors become statuses in `error.rs` only. Must not know Azure's wire formats.
 
+pub mod any_authority;
 pub mod attestation_agent;
 pub mod codec;
 pub mod conn;

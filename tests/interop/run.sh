@@ -14,6 +14,9 @@ source "$root/examples/lib.sh"
 start_dev "$state" $(( 50100 + RANDOM % 800 ))
 "$venv/bin/python" "$root/examples/python/aasp_client.py" --target "$GRPC" --keys-dir "$state/keys" --stubs "$stubs"
 
+# grpcio over a Unix socket: it sends the socket path as :authority.
+"$venv/bin/python" "$root/tests/interop/unix_socket.py" "$AASP" "$stubs"
+
 # KBS JWE: aasp against jwcrypto, both key algorithms (keys generated at run time).
 "$venv/bin/python" -c 'import jwcrypto' 2>/dev/null \
   || "$venv/bin/pip" install --quiet --disable-pip-version-check jwcrypto
