@@ -141,7 +141,7 @@ fn initdata_digest(args: &AgentArgs) -> Result<Option<Vec<u8>>, String> {
         .transpose()
 }
 
-pub async fn run(args: AgentArgs) -> Result<ExitCode, String> {
+pub async fn run(mut args: AgentArgs) -> Result<ExitCode, String> {
     serve::warm_up_randomness();
     let path = socket_path(&args.attestation_sock)?;
     // Read now so that a broken file stops the start, as upstream's does.
@@ -151,6 +151,10 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode, String> {
         .map(AgentConfig::load)
         .transpose()?
         .unwrap_or_default();
+    // `-c`'s `[token_configs.kbs]` names the Trustee KBS, as upstream's agent reads it.
+    if args.backend.kbs.aa_config.is_none() {
+        args.backend.kbs.aa_config.clone_from(&args.config_file);
+    }
     serve::check_listeners(&args.listen, args.backend_allows_remote())?;
     let backend = args.backend.build()?;
     if let Some(digest) = initdata_digest(&args)? {
