@@ -232,6 +232,26 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
         serde_json::from_value(unwrapped["keyunwrapresults"]["optsdata"].clone()).unwrap();
     assert_eq!(optsdata, layer_key);
 
+    // The old Kata AA's GetResource over ttrpc: a secure key release of the demo oct key.
+    let resource: aasp::proto::getresource::GetResourceResponse = call(
+        &client,
+        "getresource.GetResourceService",
+        "GetResource",
+        &aasp::proto::getresource::GetResourceRequest {
+            resource_path: aasp::cli::dev::DEMO_OCT_KEY.into(),
+            kbc_name: "aasp".into(),
+            kbs_uri: format!(
+                "{}?maa={}",
+                dev.stack.emulator.url,
+                dev.stack.emulator.host()
+            ),
+        },
+    )
+    .await
+    .unwrap();
+    let jwk: Value = serde_json::from_slice(&resource.resource).unwrap();
+    assert_eq!(jwk["kty"], "oct");
+
     // A method nobody serves, and a payload that is no message.
     let status =
         call::<_, aa::GetTeeTypeResponse>(&client, AA, "Explode", &aa::GetTeeTypeRequest {})
