@@ -192,3 +192,56 @@ async fn the_self_check_holds_back_a_platform_below_the_requirements() {
     aasp::service::ready(&backend).await.unwrap();
     emulator.shutdown();
 }
+
+/// Issue 11 item 3 through `aasp dev`'s other listener: the emulator runs in the same process, so
+/// idle connections to it took the descriptors the gRPC server needs (it accepted without bound
+/// and never timed out a TLS handshake). 300 idle connections to the emulator of an `aasp dev`
+/// allowed 256 descriptors (the emulator serves 128 at once): health on the gRPC listener must still
+/// answer.
+#[test]
+fn idle_connections_to_the_emulator_cannot_starve_the_server() {
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_aasp"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut grpc, mut emulator) = (String::new(), String::new());
+    while grpc.is_empty() || emulator.is_empty() {
+        let line = lines.next().expect("dev exited early").unwrap();
+        if let Some(addr) = line.strip_prefix("aasp serving gRPC on ") {
+            grpc = addr.to_owned();
+        } else if let Some(rest) = line.strip_prefix("Azure emulator: https://") {
+            emulator = rest.split_whitespace().next().unwrap().to_owned();
+        }
+    }
+    let _idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&emulator).unwrap())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let health = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+            let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))?
+                .connect()
+                .await?;
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
+        })
+        .await
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        matches!(health, Ok(Ok(_))),
+        "health did not answer: {health:?}"
+    );
+}

@@ -251,7 +251,18 @@ async fn serve(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // `aasp dev` runs the emulator in its own process: connections here spend the descriptors
+    // its gRPC server needs. A bounded number are served at once (the rest wait in the kernel's
+    // backlog, holding no descriptor of ours) and a TLS handshake must finish in time.
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stopped.changed() => return,
+        };
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -267,7 +278,10 @@ async fn serve(
         let router = router.clone();
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let Ok(tls_stream) = acceptor.accept(tcp).await else {
+            let _permit = permit;
+            let Ok(Ok(tls_stream)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
                 return;
             };
             let service = hyper::service::service_fn(
@@ -308,6 +322,11 @@ impl std::fmt::Display for DroppedByFault {
 }
 
 impl std::error::Error for DroppedByFault {}
+
+/// Connections the emulator serves at once (aasp's own clients need a handful).
+const MAX_CONNECTIONS: usize = 128;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Issued Entra/IMDS access tokens live this long.
 const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
