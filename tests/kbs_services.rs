@@ -120,6 +120,35 @@ async fn kbs_surfaces_of_the_dev_stack() {
         .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
 
+    // REST, as CoCo's api-server-rest serves it: GET /cdh/resource/<repo>/<type>/<tag>.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = aasp::service::rest::router(std::sync::Arc::clone(&dev.backend));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let rest = reqwest::Client::new();
+    let response = rest
+        .get(format!("{base}/cdh/resource/{DEMO_KBS_RESOURCE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(response.bytes().await.unwrap().to_vec(), seen[0]);
+    let response = rest
+        .get(format!("{base}/cdh/resource/default/key/none"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("no resource"),
+        "{body}"
+    );
+
     // A layer encrypted with Confidential Containers' tooling: coco_keyprovider's packet
     // {"kid","wrapped_data","iv","wrap_type"}, the layer options AES-256-GCM-encrypted under
     // the KBS resource `kid`, unwraps through keyprovider UnWrapKey.

@@ -40,6 +40,7 @@ pub fn router(backend: Arc<Backend>) -> Router {
         .route("/attest/combined", post(attest_combined))
         .route("/attest/maa", post(attest_maa))
         .route("/key/release", post(key_release))
+        .route("/cdh/resource/{repo}/{kind}/{tag}", get(cdh_resource))
         .layer(axum::extract::DefaultBodyLimit::max(REST_MAX_BODY))
         .with_state(backend)
         .layer(axum::middleware::from_fn_with_state(
@@ -86,6 +87,25 @@ fn skr_status(code: tonic::Code) -> u16 {
 }
 
 type Reply = Result<Json<Value>, ServiceError>;
+
+/// Confidential Containers' REST API for KBS resources (guest-components `api-server-rest`):
+/// `GET /cdh/resource/<repository>/<type>/<tag>` → the resource from the configured Trustee KBS,
+/// as `application/octet-stream`, zeroized once sent.
+async fn cdh_resource(
+    State(b): State<Arc<Backend>>,
+    axum::extract::Path((repo, kind, tag)): axum::extract::Path<(String, String, String)>,
+) -> Result<Response, ServiceError> {
+    let resource = b
+        .provisioner
+        .kbs_resource(&format!("{repo}/{kind}/{tag}"))
+        .await?;
+    let mut response = Response::new(axum::body::Body::from(super::secret_json::bytes(resource)));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
 
 /// The request body as JSON, with or without `Content-Type: application/json`.
 fn body<T: serde::de::DeserializeOwned>(payload: &Bytes) -> Result<T, ServiceError> {
