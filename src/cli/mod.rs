@@ -364,15 +364,18 @@ fn init_logging(format: LogFormat, file: Option<std::fs::File>) {
     }
 }
 
-/// Sets up logging and hardening, then runs one command on the async runtime (the
-/// attestation-agent personality's path; `main` does the same for aasp's own commands).
+/// Sets up logging and hardening, then runs one command on the async runtime: every command
+/// line (aasp's own, the SKR sidecar's, the attestation agent's) ends here.
 fn run_command(
     log_format: LogFormat,
+    log_file: Option<std::fs::File>,
     allow_core_dumps: bool,
     command: impl std::future::Future<Output = Result<ExitCode, String>>,
 ) -> ExitCode {
-    init_logging(log_format, None);
+    init_logging(log_format, log_file);
     if !allow_core_dumps {
+        // Before any thread or secret exists. A failure (e.g. a seccomp filter) is reported,
+        // not fatal: refusing to start would not make the keys safer.
         if let Err(e) = crate::hardening::disable_dumps() {
             tracing::warn!(error = %e, "cannot disable core dumps and ptrace attach");
         }
@@ -404,7 +407,7 @@ pub fn main() -> ExitCode {
     // Started as Kata starts the CoCo attestation agent: upstream's command line, not aasp's.
     if attestation_agent::invoked(&args) {
         let agent = attestation_agent::AgentArgs::parse_from(&args);
-        return run_command(LogFormat::Text, false, attestation_agent::run(agent));
+        return run_command(LogFormat::Text, None, false, attestation_agent::run(agent));
     }
     if let Some(path) = config::config_path(&args) {
         match config::variables(std::path::Path::new(&path)) {
@@ -436,25 +439,7 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    init_logging(cli.log_format, log_file);
-    if !cli.allow_core_dumps {
-        // Before any thread or secret exists. A failure (e.g. a seccomp filter) is reported,
-        // not fatal: refusing to start would not make the keys safer.
-        if let Err(e) = crate::hardening::disable_dumps() {
-            tracing::warn!(error = %e, "cannot disable core dumps and ptrace attach");
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    run_command(cli.log_format, log_file, cli.allow_core_dumps, async move {
         match cli.command {
             Command::Verify(args) => verify::run(args),
             Command::Report(args) => report::run(args).await,
@@ -468,14 +453,7 @@ pub fn main() -> ExitCode {
             Command::Skr(args) => skr::run(args).await,
             Command::Health { target } => health(&target).await,
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 #[cfg(test)]
