@@ -339,6 +339,15 @@ impl Running {
             .push(tokio::spawn(bound.serve(backend, shutdown)));
     }
 
+    /// Serves until SIGTERM or SIGINT, then drains in-flight calls for at most `grace`: the
+    /// end of every serving command (`serve`, `skr`, the attestation-agent personality).
+    pub async fn until_signal(self, grace: Duration) -> Result<ExitCode, String> {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown(grace).await;
+        Ok(ExitCode::SUCCESS)
+    }
+
     /// Stops accepting, lets in-flight calls finish for up to `grace`.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
@@ -449,12 +458,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         backend.provisioner.attester().name(),
         backend.provisioner.chains().describe()
     );
-    wait_for_signal().await;
-    tracing::info!("shutting down");
     running
-        .shutdown(Duration::from_secs(args.shutdown_grace))
-        .await;
-    Ok(ExitCode::SUCCESS)
+        .until_signal(Duration::from_secs(args.shutdown_grace))
+        .await
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

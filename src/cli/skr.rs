@@ -126,10 +126,7 @@ pub async fn run(args: SkrArgs) -> Result<ExitCode, String> {
         backend.provisioner.attester().name(),
         backend.provisioner.chains().describe()
     );
-    serve::wait_for_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
-    Ok(ExitCode::SUCCESS)
+    running.until_signal(Duration::from_secs(10)).await
 }
 
 #[cfg(test)]
