@@ -7,7 +7,7 @@ use crate::env;
 use std::path::Path;
 
 /// Options a configuration file may set, with the variable each feeds.
-pub const FILE_KEYS: [(&str, &str); 22] = [
+pub const FILE_KEYS: [(&str, &str); 23] = [
     ("listen", env::AASP_LISTEN),
     ("allow-remote", env::AASP_ALLOW_REMOTE),
     ("rest-listen", env::AASP_REST_LISTEN),
@@ -19,6 +19,7 @@ pub const FILE_KEYS: [(&str, &str); 22] = [
     ("access-token-file", env::AASP_ACCESS_TOKEN_FILE),
     ("cache-ttl", env::AASP_CACHE_TTL),
     ("transfer-key-rotation", env::AASP_TRANSFER_KEY_ROTATION),
+    ("decrypt-threads", env::AASP_DECRYPT_THREADS),
     ("attester", env::AASP_ATTESTER),
     ("state-dir", env::AASP_STATE_DIR),
     ("cert-source", env::AASP_CERT_SOURCE),

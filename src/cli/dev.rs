@@ -50,6 +50,9 @@ pub struct DevArgs {
     /// Serve Prometheus metrics at /metrics on this loopback address, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// As `aasp serve --decrypt-threads` (the benchmark compares 0 with the default).
+    #[arg(long, env = crate::env::AASP_DECRYPT_THREADS, value_name = "N")]
+    pub decrypt_threads: Option<usize>,
 }
 
 /// The resource the emulated KBS holds for the demo (`kbs:///default/key/demo`).
@@ -75,13 +78,15 @@ pub struct DevStack {
     pub ocicrypt_config: PathBuf,
 }
 
-/// How `aasp dev` runs its emulator.
+/// How `aasp dev` runs its emulator (and the one server option it passes on).
 #[derive(Debug, Clone, Default)]
 pub struct EmulatorOptions {
     /// Serve the emulator on a non-loopback address.
     pub allow_remote: bool,
     /// Measurements MAA calls compliant; empty: the simulator's own.
     pub accept_measurements: Vec<[u8; 48]>,
+    /// The server's `--decrypt-threads`; `None`: its default.
+    pub decrypt_threads: Option<usize>,
 }
 
 /// Starts the emulator, imports the demo keys, writes client configuration and serves.
@@ -176,13 +181,14 @@ pub async fn start_with(
         &key_store,
     )
     .await?;
-    let backend = BackendArgs::for_emulator(
+    let mut backend_args = BackendArgs::for_emulator(
         &emulator.url,
         &emulator.ca_path,
         state_dir,
         Some(keys_dir.clone()),
-    )
-    .build()?;
+    );
+    backend_args.decrypt_threads = options.decrypt_threads;
+    let backend = backend_args.build()?;
     let server = serve::start(Arc::clone(&backend), listen).await?;
     let grpc = server
         .listeners
@@ -353,6 +359,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     let options = EmulatorOptions {
         allow_remote: args.emulator_allow_remote,
         accept_measurements: args.accept_measurement.clone(),
+        decrypt_threads: args.decrypt_threads,
     };
     let mut stack = start_with(&args.listen, args.emulator_listen, &state_dir, &options).await?;
     // The guide lists the gRPC listeners only: the metrics listener joins the same server below.

@@ -81,6 +81,11 @@ pub struct BackendArgs {
     /// 0 keeps one key for the process lifetime.
     #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600)]
     pub transfer_key_rotation: u64,
+    /// Layer-key RSA decrypts that may run at once, on threads of their own so that they do not
+    /// hold up other calls; 0 runs each on the async worker that took the call [default: the
+    /// number of CPUs].
+    #[arg(long, env = env::AASP_DECRYPT_THREADS, value_name = "N")]
+    pub decrypt_threads: Option<usize>,
     #[command(flatten)]
     pub kbs: KbsArgs,
     #[command(flatten)]
@@ -121,6 +126,7 @@ impl BackendArgs {
             access_token_file: None,
             cache_ttl: 300,
             transfer_key_rotation: 3600,
+            decrypt_threads: None,
             kbs: KbsArgs {
                 kbs_url: Some(emulator_url.to_owned()),
                 ..KbsArgs::default()
@@ -192,6 +198,10 @@ impl BackendArgs {
             allow,
         })
         .map_err(|e| e.to_string())?;
+        let provisioner = match self.decrypt_threads {
+            Some(threads) => provisioner.with_decrypt_threads(threads),
+            None => provisioner,
+        };
         let provisioner = Arc::new(self.kbs.attach(provisioner, &client)?);
         if tokio::runtime::Handle::try_current().is_ok() {
             provisioner.spawn_cache_sweeper();

@@ -31,6 +31,7 @@ impl Error {
             // A backend host the operator did not allow: a refusal, whatever the host would say.
             Error::NotAllowed(_) => ErrorKind::PermissionDenied,
             Error::Busy(_) => ErrorKind::ResourceExhausted,
+            Error::Stopped(_) => ErrorKind::Unavailable,
             Error::Shared(inner) => inner.kind(),
             Error::Snp(e) => snp_kind(e),
             Error::Azure(e) => azure_kind(e),

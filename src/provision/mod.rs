@@ -14,6 +14,7 @@
 
 pub mod allow;
 pub mod cache;
+pub mod decrypt;
 pub mod kbs;
 mod kind;
 pub mod layer;
@@ -65,6 +66,9 @@ pub enum Error {
     /// The outcome of a flight this caller shared with others.
     #[error(transparent)]
     Shared(Arc<Error>),
+    /// The process is shutting down: work it was asked for did not run.
+    #[error("stopped: {0}")]
+    Stopped(String),
 }
 
 impl Error {
@@ -254,6 +258,8 @@ pub struct Provisioner {
     tokens: FlightCache<(Endpoint, String), MaaToken>,
     /// The Trustee KBS backend, when one is configured (`with_kbs`).
     kbs: Option<Arc<crate::kbs::KbsClient>>,
+    /// Where layer-key decrypts run (`with_decrypt_threads`).
+    decrypt: decrypt::DecryptPool,
     pub counters: Counters,
 }
 
@@ -300,8 +306,16 @@ impl Provisioner {
             keys: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             tokens: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             kbs: None,
+            decrypt: decrypt::DecryptPool::per_cpu(),
             counters: Counters::default(),
         })
+    }
+
+    /// At most `threads` layer-key decrypts at once, on the blocking pool; 0 runs them on the
+    /// async worker that took the call. The default is one per CPU (see `decrypt`).
+    pub fn with_decrypt_threads(mut self, threads: usize) -> Self {
+        self.decrypt = decrypt::DecryptPool::new(threads);
+        self
     }
 
     pub fn attester(&self) -> &Arc<dyn Attester> {
