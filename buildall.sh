@@ -81,11 +81,11 @@ image() {
 }
 
 # Figures for BENCHMARKS.md, all against release builds on loopback. Seconds per load run:
-# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load h2load cold ready criterion").
+# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load h2load cold ready criterion mixed").
 bench() {
   need_rust
   cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready
-  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load h2load cold ready criterion}
+  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load h2load cold ready criterion mixed}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
   case " $parts " in *" load "*|*" h2load "*) bench_dev_stack "$seconds" "$parts" ;; esac
   case " $parts " in *" cold "*)
@@ -103,6 +103,31 @@ bench() {
     echo "== criterion: warm UnWrapKey against the bare decrypt, one process"
     cargo bench --locked --bench warm_unwrap 2>&1 | grep -E "^warm_unwrap/|time:|^medians|^UnWrapKey" ;;
   esac
+  case " $parts " in *" mixed "*) bench_mixed "$seconds" ;; esac
+}
+
+# SayHello latency alone and under 4 clients repeating UnWrapKey (RSA-3072, warm), with the
+# decrypts on the blocking pool (the default) and on the async workers (--decrypt-threads 0),
+# the background on its own connection and on SayHello's. Its own aasp dev per placement.
+bench_mixed() {
+  local seconds=$1 threads
+  echo "== mixed load: SayHello (1 client) alone, then under 4 UnWrapKey clients"
+  for threads in default 0; do
+    local state=target/bench-mixed-state port=$(( 54000 + RANDOM % 800 )) flag=()
+    [ "$threads" = default ] || flag=(--decrypt-threads "$threads")
+    rm -rf "$state"
+    target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" "${flag[@]}" > target/bench-mixed.log 2>&1 &
+    mixed_pid=$!
+    trap 'kill $mixed_pid 2>/dev/null || true' EXIT
+    for _ in $(seq 1 150); do grep -q "Ctrl-C stops everything" target/bench-mixed.log && break; sleep 0.2; done
+    echo "-- decrypt threads: $threads"
+    for same in "" --background-same-connection; do
+      target/release/examples/loadgen --target "127.0.0.1:$port" --rpc say-hello --concurrency 1 \
+        --seconds "$seconds" --background unwrap-key:4 $same --server-pid "$mixed_pid"
+    done
+    kill "$mixed_pid" 2>/dev/null || true
+    wait "$mixed_pid" 2>/dev/null || true
+  done
 }
 
 # `aasp dev` in the background, then loadgen and h2load against it. Global pid so the EXIT

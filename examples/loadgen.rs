@@ -6,6 +6,11 @@
 //! cargo run --release --example loadgen -- --target 127.0.0.1:50000 --rpc say-hello --concurrency 8 --seconds 10
 //! cargo run --release --example loadgen -- --rpc unwrap-key --keys-dir ~/.local/state/aasp/keys --compare-bare
 //! ```
+//! `--background unwrap-key:4` (mixed load) runs `--rpc` alone for `--seconds`, then again while
+//! 4 more clients repeat UnWrapKey (on their own connection, or with `--background-same-connection`
+//! on the foreground's), and prints the foreground's percentiles both ways: how much the
+//! decrypts delay everything else.
+//!
 //! `--compare-bare` (unwrap-key with an RSA key, against `aasp dev`) also times the bare
 //! RSA-OAEP-SHA256 decrypt of the same ciphertext with the same key — fetched through GetResource,
 //! which only a development stack should allow — and prints the ratio.
@@ -52,6 +57,13 @@ struct Args {
     /// `h2load -d FILE`) and print the HTTP/2 path to send it to.
     #[arg(long, value_name = "FILE")]
     h2load_body: Option<std::path::PathBuf>,
+    /// Mixed load: N clients repeating RPC in the background (e.g. `unwrap-key:4`) while `--rpc`
+    /// is measured; `--rpc` is measured alone first.
+    #[arg(long, value_name = "RPC:N", value_parser = parse_background)]
+    background: Option<(Rpc, usize)>,
+    /// Background clients share the foreground's HTTP/2 connection instead of opening their own.
+    #[arg(long)]
+    background_same_connection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -170,7 +182,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
     let mut setup = Client::new(channel.clone());
-    let annotation = if args.rpc == Rpc::UnwrapKey {
+    let needs_annotation =
+        args.rpc == Rpc::UnwrapKey || matches!(args.background, Some((Rpc::UnwrapKey, _)));
+    let annotation = if needs_annotation {
         let out = setup
             .wrap_key(KeyProviderKeyWrapProtocolInput {
                 key_provider_key_wrap_protocol_input: wrap_input(&args.key, &[9; 32]),
@@ -192,6 +206,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         String::new()
     };
 
+    if let Some(background) = args.background {
+        return mixed(&args, channel, &annotation, background).await;
+    }
     let ticks_before = args.server_pid.and_then(cpu_ticks);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
@@ -317,5 +334,185 @@ async fn compare_bare(
         grpc_p50,
         grpc_p50.as_secs_f64() / (bare + empty_rpc).as_secs_f64()
     );
+    Ok(())
+}
+
+fn parse_background(text: &str) -> Result<(Rpc, usize), String> {
+    use clap::ValueEnum;
+    let (rpc, n) = text
+        .split_once(':')
+        .ok_or("expected RPC:N, e.g. unwrap-key:4")?;
+    let rpc = Rpc::from_str(rpc, true)?;
+    let n = n.parse().map_err(|e| format!("{n:?}: {e}"))?;
+    Ok((rpc, n))
+}
+
+/// `concurrency` clients on `channel` repeating `rpc` until `deadline` (after one warm-up call
+/// each), or until `stop` is set; their latencies and error count.
+async fn clients(
+    channel: &Channel,
+    rpc: Rpc,
+    concurrency: usize,
+    key: &str,
+    annotation: &str,
+    until: Until,
+) -> Result<(Vec<Duration>, u64), Box<dyn std::error::Error>> {
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let mut client = Client::new(channel.clone());
+            let (key, annotation, until) = (key.to_owned(), annotation.to_owned(), until.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                call(&mut client, rpc, &key, &annotation, 0).await.ok();
+                let mut i = (w as u64) << 32;
+                while !until.done() {
+                    let t = Instant::now();
+                    match call(&mut client, rpc, &key, &annotation, i).await {
+                        Ok(()) => latencies.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                    i += 1;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    Ok((latencies, errors))
+}
+
+/// When clients stop: at a deadline, or when told.
+#[derive(Clone)]
+enum Until {
+    Deadline(Instant),
+    Stopped(std::sync::Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl Until {
+    fn done(&self) -> bool {
+        match self {
+            Until::Deadline(at) => Instant::now() >= *at,
+            Until::Stopped(flag) => flag.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+fn summary(latencies: &[Duration], errors: u64, elapsed: Duration) -> String {
+    format!(
+        "calls={} errors={} throughput={:.0}/s p50={:?} p90={:?} p99={:?} p99.9={:?} max={:?}",
+        latencies.len(),
+        errors,
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.90),
+        percentile(latencies, 0.99),
+        percentile(latencies, 0.999),
+        latencies.last().copied().unwrap_or_default()
+    )
+}
+
+/// `--background`: the foreground `--rpc` measured alone, then under the background load.
+async fn mixed(
+    args: &Args,
+    channel: Channel,
+    annotation: &str,
+    (background_rpc, background_n): (Rpc, usize),
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let seconds = Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let (alone, errors) = clients(
+        &channel,
+        args.rpc,
+        args.concurrency,
+        &args.key,
+        annotation,
+        Until::Deadline(started + seconds),
+    )
+    .await?;
+    println!(
+        "rpc={:?} concurrency={} alone: {}",
+        args.rpc,
+        args.concurrency,
+        summary(&alone, errors, started.elapsed())
+    );
+    let background_channel = if args.background_same_connection {
+        channel.clone()
+    } else {
+        Channel::from_shared(format!("http://{}", args.target))?
+            .connect()
+            .await?
+    };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let background = {
+        let until = Until::Stopped(stop.clone());
+        let (annotation, key) = (annotation.to_owned(), args.key.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = clients(
+                &background_channel,
+                background_rpc,
+                background_n,
+                &key,
+                &annotation,
+                until,
+            )
+            .await;
+            result
+                .map(|(l, e)| (l, e, started.elapsed()))
+                .map_err(|e| e.to_string())
+        })
+    };
+    // Let the background reach its steady state (its warm-up calls done) before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ticks_before = args.server_pid.and_then(cpu_ticks);
+    let started = Instant::now();
+    let (under, errors) = clients(
+        &channel,
+        args.rpc,
+        args.concurrency,
+        &args.key,
+        annotation,
+        Until::Deadline(started + seconds),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let ticks = args
+        .server_pid
+        .and_then(cpu_ticks)
+        .zip(ticks_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    stop.store(true, Ordering::Relaxed);
+    let (bg, bg_errors, bg_elapsed) = background.await??;
+    let connection = if args.background_same_connection {
+        "same connection"
+    } else {
+        "own connection"
+    };
+    println!(
+        "rpc={:?} concurrency={} under {background_n}x {background_rpc:?} ({connection}): {}",
+        args.rpc,
+        args.concurrency,
+        summary(&under, errors, elapsed)
+    );
+    println!(
+        "    background {background_rpc:?}: {}",
+        summary(&bg, bg_errors, bg_elapsed)
+    );
+    if let Some(ticks) = ticks {
+        // Linux reports CPU time in clock ticks of 10 ms (USER_HZ = 100).
+        println!(
+            "    server CPU while both ran: {:.0}% of one core",
+            ticks as f64 / elapsed.as_secs_f64()
+        );
+    }
     Ok(())
 }
