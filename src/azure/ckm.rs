@@ -110,8 +110,11 @@ impl TransferKey {
         let mut public_jwk = Jwk::from_rsa_spki(spki.as_ref())?;
         public_jwk.key_ops = Some(vec!["encrypt".into()]);
         public_jwk.kid = Some(public_jwk.thumbprint()?);
+        let public = OaepPublicEncryptingKey::new(key.public_key())
+            .map_err(|_| Error::Unwrap("transfer key rejected".into()))?;
         let private = OaepPrivateDecryptingKey::new(key)
             .map_err(|_| Error::Unwrap("transfer key rejected".into()))?;
+        pairwise_check(&public, &private)?;
         Ok(TransferKey {
             private,
             public_jwk,
@@ -173,6 +176,35 @@ impl TransferKey {
             .map_err(|_| Error::Unwrap("RSA-OAEP decryption of the wrapping key failed".into()))?;
         aes_kwp_unwrap(aes_key, wrapped)
     }
+}
+
+/// Pairwise consistency check of a fresh key pair, before its public half is published: a
+/// random 32-byte value (the size of a wrapping key) encrypted to the public key must decrypt to
+/// itself. It also makes aws-lc do, here and off the request path, what it otherwise does on a
+/// key's first private operation (Montgomery contexts for n, p and q, the blinding values):
+/// without it the first release's unwrap paid about 0.35 ms more than later ones.
+fn pairwise_check(
+    public: &OaepPublicEncryptingKey,
+    private: &OaepPrivateDecryptingKey,
+) -> Result<()> {
+    let failed = || Error::Unwrap("the transfer key failed its pairwise check".into());
+    let mut probe = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(probe.as_mut())
+        .map_err(|_| Error::Unwrap("no randomness".into()))?;
+    let algorithm = WrapAlgorithm::CkmRsaAesKeyWrap.oaep();
+    let mut ciphertext = vec![0u8; public.ciphertext_size()];
+    let ciphertext = public
+        .encrypt(algorithm, probe.as_ref(), &mut ciphertext, None)
+        .map_err(|_| failed())?;
+    let mut plaintext = Zeroizing::new(vec![0u8; private.min_output_size()]);
+    let plaintext = private
+        .decrypt(algorithm, ciphertext, &mut plaintext, None)
+        .map_err(|_| failed())?;
+    if plaintext != probe.as_ref() {
+        return Err(failed());
+    }
+    Ok(())
 }
 
 /// RFC 5649 unwrap with AES-256.
@@ -300,6 +332,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not ours"));
+    }
+
+    /// The pairwise check catches a private key that does not match its public half.
+    #[test]
+    fn pairwise_check_rejects_mismatched_halves() {
+        let halves = || {
+            let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+            let public = OaepPublicEncryptingKey::new(key.public_key()).unwrap();
+            (public, OaepPrivateDecryptingKey::new(key).unwrap())
+        };
+        let (public, private) = halves();
+        let (other_public, _) = halves();
+        pairwise_check(&public, &private).unwrap();
+        assert!(pairwise_check(&other_public, &private)
+            .unwrap_err()
+            .to_string()
+            .contains("pairwise check"));
     }
 
     #[test]
