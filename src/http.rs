@@ -142,7 +142,9 @@ pub async fn send_with_retry(
 ) -> Result<reqwest::Response, TransportError> {
     let mut attempt = 0;
     loop {
-        let request = build().build().map_err(|e| TransportError {
+        // Built once per attempt (a JSON body is serialized once), then sent as built.
+        let (client, request) = build().build_split();
+        let request = request.map_err(|e| TransportError {
             method: "?".into(),
             url: e.url().map(|u| u.to_string()).unwrap_or_default(),
             reason: e.to_string(),
@@ -151,7 +153,7 @@ pub async fn send_with_retry(
         let (method, url) = (request.method().to_string(), redact_query(request.url()));
         let upstream = crate::metrics::upstream_of(request.url().path());
         let last = attempt + 1 >= policy.attempts;
-        let sent = build().send().await;
+        let sent = client.execute(request).await;
         let outcome = match &sent {
             Ok(response) => format!("{}xx", response.status().as_u16() / 100),
             Err(_) => "transport_error".to_owned(),
