@@ -81,11 +81,11 @@ image() {
 }
 
 # Figures for BENCHMARKS.md, all against release builds on loopback. Seconds per load run:
-# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load h2load cold ready criterion mixed").
+# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load h2load cold ready rss criterion mixed").
 bench() {
   need_rust
-  cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready
-  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load h2load cold ready criterion mixed}
+  cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss
+  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load h2load cold ready rss criterion mixed}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
   case " $parts " in *" load "*|*" h2load "*) bench_dev_stack "$seconds" "$parts" ;; esac
   case " $parts " in *" cold "*)
@@ -98,6 +98,10 @@ bench() {
     rm -rf target/bench-ready-state
     target/release/examples/time_to_ready --target "127.0.0.1:$port" --rounds 21 -- \
       target/release/aasp serve --attester sim --state-dir target/bench-ready-state --listen "127.0.0.1:$port" | tail -1 ;;
+  esac
+  case " $parts " in *" rss "*)
+    echo "== resident memory of aasp serve --attester sim: idle, and after 64 concurrent clients"
+    target/release/examples/rss --aasp target/release/aasp --work-dir target/bench-rss --rounds 3 ;;
   esac
   case " $parts " in *" criterion "*)
     echo "== criterion: warm UnWrapKey against the bare decrypt, one process"
