@@ -63,7 +63,7 @@ async fn every_route() {
     assert_eq!(status, json!({ "message": "Status OK" }));
     let unready = aasp::service::Backend {
         provisioner: std::sync::Arc::clone(&stack.backend.provisioner),
-        keys_dir: None,
+        keys: aasp::provision::key_info::KeyInfos::new(None, None),
         default_maa: None,
         provider_names: Vec::new(),
         ready: std::sync::atomic::AtomicBool::new(false),

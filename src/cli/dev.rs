@@ -476,11 +476,11 @@ fn demo_unwrap_request(keys_dir: &Path) -> Result<String, String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let resolved = crate::provision::layer::resolve(DEMO_RSA_KEY, Some(keys_dir), None)
         .map_err(|e| e.to_string())?;
-    let spki = resolved
-        .public_spki
-        .clone()
+    let public = resolved
+        .public
+        .as_ref()
         .ok_or("demo-rsa has no public key")?;
-    let packet = crate::provision::layer::wrap_rsa(&resolved, &spki, b"hello from aasp dev")
+    let packet = crate::provision::layer::wrap_rsa(&resolved, public, b"hello from aasp dev")
         .map_err(|e| e.to_string())?;
     Ok(serde_json::json!({
         "op": "keyunwrap",

@@ -223,7 +223,10 @@ impl BackendArgs {
         }
         Ok(Arc::new(Backend {
             provisioner,
-            keys_dir: self.keys_dir.clone(),
+            keys: crate::provision::key_info::KeyInfos::new(
+                self.keys_dir.clone(),
+                self.maa_endpoint.clone(),
+            ),
             default_maa: self.maa_endpoint.clone(),
             provider_names: self.provider_name.clone(),
             ready: std::sync::atomic::AtomicBool::new(false),

@@ -6,7 +6,7 @@ use crate::azure::jwk::KeyFamily;
 use crate::azure::jws::Anchors;
 use crate::azure::kms::KmsClient;
 use crate::http::RetryPolicy;
-use crate::provision::layer::{resolve, wrap_rsa};
+use crate::provision::layer::{resolve, wrap_rsa, WrappingKey};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,8 +43,8 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
     let secret = zeroize::Zeroizing::new(read_input(&args.input)?);
     let resolved = resolve(&args.key_ref, args.keys_dir.as_deref(), args.maa.as_deref())
         .map_err(|e| e.to_string())?;
-    let spki = match &resolved.public_spki {
-        Some(spki) => spki.clone(),
+    let public = match &resolved.public {
+        Some(public) => public.clone(),
         // A key-info file without a public key: say so before any network call (an oct key such
         // as demo-oct has none, and IMDS would only fail first).
         None if !args.key_ref.contains("://") => {
@@ -79,10 +79,11 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
                     resolved.key, bundle.key.kty
                 ));
             }
-            bundle.key.rsa_public_spki().map_err(|e| e.to_string())?
+            let spki = bundle.key.rsa_public_spki().map_err(|e| e.to_string())?;
+            WrappingKey::from_spki(&spki).map_err(|e| e.to_string())?
         }
     };
-    let packet = wrap_rsa(&resolved, &spki, &secret).map_err(|e| e.to_string())?;
+    let packet = wrap_rsa(&resolved, &public, &secret).map_err(|e| e.to_string())?;
     // The annotation travels with the image: public, but written with an explicit mode.
     crate::files::write_public(&args.output, packet.to_annotation().as_bytes())
         .map_err(|e| e.to_string())?;

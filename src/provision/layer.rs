@@ -11,12 +11,13 @@ use crate::azure::Error as AzureError;
 use crate::provision::{Error, KeyRef, Provisioner, ReleasedKey, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
+use aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
+
+pub use super::key_info::{resolve, spki_to_pem, KeyInfo, ResolvedKey, WrappingKey};
 
 pub const WRAP_TYPE_AES_GCM: &str = "A256GCM";
 
@@ -58,177 +59,14 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::Invalid(message.into())
 }
 
-/// `<keys-dir>/<name>-info.json`: where a key lives and, for RSA keys, its public key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeyInfo {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub public_key_path: String,
-    /// Optional, as the SKR sidecar's key-info files may omit it; a key reference then needs
-    /// the configured default (MAA) or fails naming the field (KMS).
-    #[serde(default)]
-    pub kms_endpoint: String,
-    #[serde(default)]
-    pub attester_endpoint: String,
-}
-
-/// A key reference resolved to where it lives and how to wrap to it.
-#[derive(Debug, Clone)]
-pub struct ResolvedKey {
-    pub key: KeyRef,
-    /// RSA public key as SubjectPublicKeyInfo DER, when known without a release.
-    pub public_spki: Option<Vec<u8>>,
-}
-
-/// Resolves `key-ref`: a key-info name in `keys_dir`, or `https://<kms>/keys/<name>?maa=<maa>`.
-pub fn resolve(
-    key_ref: &str,
-    keys_dir: Option<&Path>,
-    default_maa: Option<&str>,
-) -> Result<ResolvedKey> {
-    if key_ref.contains("://") {
-        // `https://<kms>/keys/<name>[/<version>]?maa=<maa>`: the query names the MAA only.
-        let url = url::Url::parse(key_ref).map_err(|e| {
-            invalid(format!(
-                "key reference {}: {e}",
-                crate::http::quoted(key_ref)
-            ))
-        })?;
-        let mut maa = None;
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "maa" if maa.is_none() => maa = Some(v.into_owned()),
-                _ => {
-                    return Err(invalid(format!(
-                        "key reference {}: the only parameter is one maa=<host>",
-                        crate::http::quoted(key_ref)
-                    )))
-                }
-            }
-        }
-        let maa = maa
-            .or_else(|| default_maa.map(str::to_owned))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "key reference {} names no MAA (?maa=<host>) and none is configured",
-                    crate::http::quoted(key_ref)
-                ))
-            })?;
-        let mut without_query = url;
-        without_query.set_query(None);
-        return Ok(ResolvedKey {
-            key: KeyRef::azure_url(without_query.as_str(), &maa)?,
-            public_spki: None,
-        });
-    }
-    if key_ref.starts_with('/') {
-        return resolve_path(key_ref, default_maa);
-    }
-    if key_ref.is_empty() || key_ref.contains('/') || key_ref.contains("..") {
-        return Err(invalid(format!(
-            "key name {key_ref:?} is neither a plain name nor an absolute key path"
-        )));
-    }
-    let dir = keys_dir.ok_or_else(|| {
-        invalid(format!(
-            "key {key_ref:?}: no keys directory is configured (--keys-dir)"
-        ))
-    })?;
-    from_info(dir, key_ref, default_maa)
-}
-
-/// The SKR sidecar's form, `skr:<key_path>`: the key-info file is `<key_path>-info.json` and the
-/// key's name is the path's last component. Absolute paths without `..` only, so a reference
-/// never depends on the server's working directory.
-fn resolve_path(key_path: &str, default_maa: Option<&str>) -> Result<ResolvedKey> {
-    use std::path::Component;
-    let path = Path::new(key_path);
-    let plain = path
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    let (Some(dir), Some(name), true) = (path.parent(), path.file_name(), plain) else {
-        return Err(invalid(format!(
-            "key path {key_path:?} is not an absolute path to <dir>/<key name>"
-        )));
-    };
-    let name = name
-        .to_str()
-        .ok_or_else(|| invalid(format!("key path {key_path:?} is not UTF-8")))?;
-    from_info(dir, name, default_maa)
-}
-
-/// Reads `<dir>/<name>-info.json`; its public key path is relative to `dir` (absolute stays).
-fn from_info(dir: &Path, key_ref: &str, default_maa: Option<&str>) -> Result<ResolvedKey> {
-    let info_path = dir.join(format!("{key_ref}-info.json"));
-    let info: KeyInfo = serde_json::from_slice(
-        &std::fs::read(&info_path)
-            .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?,
-    )
-    .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?;
-    let public_spki = if info.public_key_path.is_empty() {
-        None
-    } else {
-        // Relative to the info file, never to the server's working directory.
-        let path: PathBuf = dir.join(&info.public_key_path);
-        let pem = std::fs::read_to_string(&path)
-            .map_err(|e| invalid(format!("public key {}: {e}", path.display())))?;
-        Some(spki_from_pem(&pem).ok_or_else(|| {
-            invalid(format!(
-                "public key {} is not a PEM public key",
-                path.display()
-            ))
-        })?)
-    };
-    if info.kms_endpoint.trim().is_empty() {
-        return Err(invalid(format!(
-            "key info {} names no kms_endpoint: the KMS that holds {key_ref:?} is needed to unwrap",
-            info_path.display()
-        )));
-    }
-    let maa = Some(info.attester_endpoint)
-        .filter(|m| !m.trim().is_empty())
-        .or_else(|| default_maa.map(str::to_owned))
-        .ok_or_else(|| {
-            invalid(format!(
-                "key info {} names no attester_endpoint and no MAA is configured (--maa-endpoint)",
-                info_path.display()
-            ))
-        })?;
-    // Key-info files are the operator's, but they can name any host: their endpoints are
-    // parsed and allow-list checked like a request's (by the provisioner, before use).
-    Ok(ResolvedKey {
-        key: KeyRef::azure(&info.kms_endpoint, key_ref, &maa)
-            .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?,
-        public_spki,
-    })
-}
-
-fn spki_from_pem(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    if !pem.contains("BEGIN PUBLIC KEY") {
-        return None;
-    }
-    STANDARD.decode(body.trim()).ok()
-}
-
-/// PEM of a SubjectPublicKeyInfo, as key-info files hold it.
-pub fn spki_to_pem(spki: &[u8]) -> String {
-    let b64 = STANDARD.encode(spki);
-    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END PUBLIC KEY-----\n");
-    out
-}
-
 /// Wraps `layer_key` to an RSA public key (offline: no TEE needed).
-pub fn wrap_rsa(resolved: &ResolvedKey, spki: &[u8], layer_key: &[u8]) -> Result<AnnotationPacket> {
-    let public = PublicEncryptingKey::from_der(spki)
-        .map_err(|_| invalid("the public key is not an RSA key"))?;
+pub fn wrap_rsa(
+    resolved: &ResolvedKey,
+    key: &WrappingKey,
+    layer_key: &[u8],
+) -> Result<AnnotationPacket> {
+    let public = key.oaep();
     let bits = public.key_size_bits();
-    let public = OaepPublicEncryptingKey::new(public)
-        .map_err(|_| invalid("the RSA key is not usable for OAEP"))?;
     // RSA-OAEP with SHA-256 carries at most k - 2*32 - 2 bytes (RFC 8017 §7.1.1): 318 for
     // RSA-3072. Name the limit and the way past it rather than a bare "too long".
     let max = public.key_size_bytes().saturating_sub(66);
@@ -271,7 +109,11 @@ fn packet(
 /// Wraps `layer_key` with a released key: RSA (its public half) or oct (AES-256-GCM).
 pub fn wrap_with(resolved: &ResolvedKey, key: &Jwk, layer_key: &[u8]) -> Result<AnnotationPacket> {
     match key.family()? {
-        KeyFamily::Rsa => wrap_rsa(resolved, &key.rsa_public_spki()?, layer_key),
+        KeyFamily::Rsa => wrap_rsa(
+            resolved,
+            &WrappingKey::from_spki(&key.rsa_public_spki()?)?,
+            layer_key,
+        ),
         KeyFamily::Oct => {
             let secret = key.oct_bytes()?;
             let mut iv = [0u8; 12];
@@ -364,8 +206,8 @@ impl Provisioner {
     ) -> Result<AnnotationPacket> {
         // An annotation naming a host this server would refuse to unwrap from is no use.
         self.check_key(&resolved.key)?;
-        if let Some(spki) = &resolved.public_spki {
-            return wrap_rsa(resolved, spki, layer_key);
+        if let Some(public) = &resolved.public {
+            return wrap_rsa(resolved, public, layer_key);
         }
         let released = self.release(&resolved.key).await?;
         wrap_with(resolved, &released.jwk, layer_key)
@@ -418,7 +260,7 @@ mod tests {
     fn resolved() -> ResolvedKey {
         ResolvedKey {
             key: KeyRef::azure("kms.example", "k", "maa.example").unwrap(),
-            public_spki: None,
+            public: None,
         }
     }
 
@@ -458,9 +300,9 @@ mod tests {
             &[7; 32]
         );
         // The OAEP-SHA256 limit is named, with the way past it: 190 bytes for RSA-2048.
-        let spki = jwk.rsa_public_spki().unwrap();
-        assert!(wrap_rsa(&resolved(), &spki, &[1; 190]).is_ok());
-        let too_long = wrap_rsa(&resolved(), &spki, &[1; 191])
+        let public = WrappingKey::from_spki(&jwk.rsa_public_spki().unwrap()).unwrap();
+        assert!(wrap_rsa(&resolved(), &public, &[1; 190]).is_ok());
+        let too_long = wrap_rsa(&resolved(), &public, &[1; 191])
             .unwrap_err()
             .to_string();
         assert!(
@@ -471,77 +313,8 @@ mod tests {
     }
 
     #[test]
-    fn key_references() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("demo-info.json"),
-            r#"{"public_key_path":"demo.pem","kms_endpoint":"kms.example","attester_endpoint":"maa.example"}"#,
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("demo.pem"), spki_to_pem(&[0x30, 0x00])).unwrap();
-        let r = resolve("demo", Some(dir.path()), None).unwrap();
-        assert_eq!(
-            (r.key.kms().origin(), r.key.name(), r.key.maa().host()),
-            ("https://kms.example".to_owned(), "demo", "maa.example")
-        );
-        assert_eq!(r.public_spki.unwrap(), vec![0x30, 0x00]);
-        let r = resolve("https://kms.example/keys/k2?maa=maa2.example", None, None).unwrap();
-        assert_eq!((r.key.name(), r.key.maa().host()), ("k2", "maa2.example"));
-        for bad in [
-            "https://kms.example/keys/k2?maa=a.example&maa=b.example",
-            "https://kms.example/keys/k2?maa=a.example&x=1",
-            "http://kms.example/keys/k2?maa=a.example",
-            "https://x.example:1@kms.example/keys/k2?maa=a.example",
-            "https://kms.example/keys/k2?maa=x.example:1@a.example",
-        ] {
-            assert!(resolve(bad, None, None).is_err(), "{bad}");
-        }
-        assert!(resolve("../etc/passwd", Some(dir.path()), None).is_err());
-        assert!(resolve("missing", Some(dir.path()), None)
-            .unwrap_err()
-            .to_string()
-            .contains("missing-info.json"));
-        assert!(resolve("https://kms.example/keys/k2", None, None)
-            .unwrap_err()
-            .to_string()
-            .contains("names no MAA"));
-    }
-
-    /// The SKR sidecar's `skr:<key_path>` form (`<key_path>-info.json`, kid = last component)
-    /// and its key-info files without endpoints (they fall back to the default MAA).
-    #[test]
-    fn skr_key_paths_and_optional_endpoints() {
-        let dir = tempfile::tempdir().unwrap();
-        let pem = dir.path().join("abs.pem");
-        std::fs::write(&pem, spki_to_pem(&[0x30, 0x00])).unwrap();
-        std::fs::write(
-            dir.path().join("mykey-info.json"),
-            serde_json::json!({ "public_key_path": pem, "kms_endpoint": "kms.example" })
-                .to_string(),
-        )
-        .unwrap();
-        let key_path = dir.path().join("mykey");
-        let key_path = key_path.to_str().unwrap();
-        let r = resolve(key_path, None, Some("maa.default")).unwrap();
-        assert_eq!(
-            (r.key.kms().origin(), r.key.name(), r.key.maa().host()),
-            ("https://kms.example".to_owned(), "mykey", "maa.default")
-        );
-        assert_eq!(r.public_spki.unwrap(), vec![0x30, 0x00]);
-        assert!(resolve(key_path, None, None)
-            .unwrap_err()
-            .to_string()
-            .contains("names no attester_endpoint"));
-        let dotted = format!("{}/../mykey", dir.path().display());
-        assert!(resolve(&dotted, None, Some("m")).is_err());
-        assert!(resolve("relative/mykey", Some(dir.path()), Some("m")).is_err());
-        std::fs::write(dir.path().join("nokms-info.json"), "{}").unwrap();
-        let nokms = format!("{}/nokms", dir.path().display());
-        assert!(resolve(&nokms, None, Some("m"))
-            .unwrap_err()
-            .to_string()
-            .contains("names no kms_endpoint"));
-        // Annotation packets without endpoints parse (and fail later, naming them).
+    fn annotation_packets_without_endpoints_parse() {
+        // They fail later, naming the missing endpoints.
         let packet = STANDARD.encode(r#"{"kid":"k","wrapped_data":"AA==","wrap_type":"rsa_3072"}"#);
         let parsed = AnnotationPacket::from_annotation(&packet).unwrap();
         assert!(parsed.kms_endpoint.is_empty() && parsed.attester_endpoint.is_empty());

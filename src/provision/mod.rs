@@ -16,6 +16,7 @@ pub mod allow;
 pub mod cache;
 pub mod decrypt;
 pub mod kbs;
+pub mod key_info;
 mod kind;
 pub mod layer;
 

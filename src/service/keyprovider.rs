@@ -16,7 +16,7 @@
 
 use super::{rpc, Backend, ServiceError};
 use crate::proto::{key_provider as new, keyprovider as old};
-use crate::provision::layer::{resolve, AnnotationPacket};
+use crate::provision::layer::AnnotationPacket;
 use crate::snp::report::report_data_for_runtime;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -301,11 +301,7 @@ async fn wrap_key(
             "keywrapparams.optsdata (the layer key) is empty",
         ));
     }
-    let resolved = resolve(
-        key_ref,
-        backend.keys_dir.as_deref(),
-        backend.default_maa.as_deref(),
-    )?;
+    let resolved = backend.keys.resolve(key_ref)?;
     let packet = backend
         .provisioner
         .wrap_layer_key(&resolved, &optsdata)

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 /// What the services work with.
 pub struct Backend {
     pub provisioner: Arc<Provisioner>,
-    /// Where `<name>-info.json` key-info files live.
-    pub keys_dir: Option<PathBuf>,
+    /// The `<name>-info.json` key-info files WrapKey resolves key references with.
+    pub keys: crate::provision::key_info::KeyInfos,
     /// MAA used when a request names none (GetToken, GetResource without `?maa=`).
     pub default_maa: Option<String>,
     /// Provider names accepted in ocicrypt parameters besides `attestation-agent`.
