@@ -193,22 +193,46 @@ fn push_base64_or_null(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
+/// Each byte value's decimal text followed by a comma, and the text's length (without it).
+#[allow(clippy::indexing_slicing)] // `value` < 256, the table's length.
+const DECIMAL: [([u8; 4], usize); 256] = {
+    let mut table = [([0u8; 4], 0usize); 256];
+    let mut value = 0;
+    while value < 256 {
+        let (hundreds, tens, ones) = (value / 100, value / 10 % 10, value % 10);
+        let (text, len) = match (hundreds, tens) {
+            (0, 0) => ([b'0' + ones as u8, b',', 0, 0], 1),
+            (0, _) => ([b'0' + tens as u8, b'0' + ones as u8, b',', 0], 2),
+            _ => (
+                [
+                    b'0' + hundreds as u8,
+                    b'0' + tens as u8,
+                    b'0' + ones as u8,
+                    b',',
+                ],
+                3,
+            ),
+        };
+        table[value] = (text, len);
+        value += 1;
+    }
+    table
+};
+
+// A `u8` indexes a 256-entry table, and `len` ≤ 3 < 4: neither can be out of range.
+#[allow(clippy::indexing_slicing)]
 fn push_array(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'[');
-    for (i, byte) in bytes.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let (hundreds, tens, ones) = (byte / 100, byte / 10 % 10, byte % 10);
-        if hundreds > 0 {
-            out.push(b'0' + hundreds);
-        }
-        if hundreds > 0 || tens > 0 {
-            out.push(b'0' + tens);
-        }
-        out.push(b'0' + ones);
+    for byte in bytes {
+        let (text, len) = &DECIMAL[usize::from(*byte)];
+        out.extend_from_slice(&text[..=*len]);
     }
-    out.push(b']');
+    // The last byte's comma becomes the closing bracket.
+    if bytes.is_empty() {
+        out.push(b']');
+    } else if let Some(last) = out.last_mut() {
+        *last = b']';
+    }
 }
 
 /// Hands the reply to the transport: the buffer moves (no copy) into the message, which the

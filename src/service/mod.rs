@@ -79,7 +79,11 @@ pub async fn rpc<T>(
         Ok(_) => tonic::Code::Ok,
         Err(e) => e.code(),
     };
-    crate::metrics::record_rpc(method, &format!("{code:?}"), started.elapsed());
+    crate::metrics::record_rpc(
+        method,
+        usize::try_from(code as i32).unwrap_or(usize::MAX),
+        started.elapsed(),
+    );
     match result {
         Ok(reply) => {
             tracing::info!(status = "OK", elapsed_us, "rpc done");
