@@ -81,13 +81,22 @@ image() {
 }
 
 # Figures for BENCHMARKS.md, all against release builds on loopback. Seconds per load run:
-# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load h2load cold ready rss criterion mixed").
+# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load rpc cold ready rss criterion mixed").
 bench() {
   need_rust
-  cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss
-  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load h2load cold ready rss criterion mixed}
+  cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss \
+    --example rpc_cost --example bare_server
+  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion mixed}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
-  case " $parts " in *" load "*|*" h2load "*) bench_dev_stack "$seconds" "$parts" ;; esac
+  case " $parts " in *" load "*) bench_dev_stack "$seconds" ;; esac
+  case " $parts " in *" rpc "*)
+    if ! command -v h2load >/dev/null; then
+      echo "buildall: installing nghttp2-client for h2load" >&2
+      apt-get install -y -qq nghttp2-client >/dev/null
+    fi
+    echo "== server CPU per call: aasp serve against a bare tonic/ttrpc server, one connection"
+    target/release/examples/rpc_cost --rounds 3 --seconds "$seconds" ;;
+  esac
   case " $parts " in *" cold "*)
     echo "== cold secure key release, by step (emulator in a separate aasp dev process)"
     target/release/examples/cold_release --aasp target/release/aasp --rounds 30 ;;
@@ -134,71 +143,27 @@ bench_mixed() {
   done
 }
 
-# `aasp dev` in the background, then loadgen and h2load against it. Global pid so the EXIT
-# trap still sees it after this function returns.
+# `aasp dev` in the background, then loadgen against it. Global pid so the EXIT trap still sees
+# it after this function returns.
 bench_dev_stack() {
-  local seconds=$1 parts=$2 state=target/bench-state port=$(( 53000 + RANDOM % 800 ))
-  local metrics=$(( 53800 + RANDOM % 100 ))
+  local seconds=$1 state=target/bench-state port=$(( 53000 + RANDOM % 800 ))
   rm -rf "$state"
-  target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
-    > target/bench-dev.log 2>&1 &
+  target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" > target/bench-dev.log 2>&1 &
   bench_pid=$!
   trap 'kill $bench_pid 2>/dev/null || true' EXIT
   for _ in $(seq 1 150); do grep -q "Ctrl-C stops everything" target/bench-dev.log && break; sleep 0.2; done
   echo "idle RSS of aasp dev (server + emulator): $(grep VmRSS /proc/$bench_pid/status)"
-  case " $parts " in *" load "*)
-    echo "== loadgen (tonic client, one connection, N concurrent streams)"
-    for rpc in say-hello get-report wrap-key; do
-      for c in 1 8 64; do
-        target/release/examples/loadgen --target "127.0.0.1:$port" --rpc "$rpc" --concurrency "$c" --seconds "$seconds" --server-pid "$bench_pid"
-      done
+  echo "== loadgen (tonic client, one connection, N concurrent streams)"
+  for rpc in say-hello get-report wrap-key; do
+    for c in 1 8 64; do
+      target/release/examples/loadgen --target "127.0.0.1:$port" --rpc "$rpc" --concurrency "$c" --seconds "$seconds" --server-pid "$bench_pid"
     done
-    target/release/examples/loadgen --target "127.0.0.1:$port" --rpc unwrap-key --concurrency 1 --seconds "$seconds" \
-      --keys-dir "$state/keys" --compare-bare --server-pid "$bench_pid" ;;
-  esac
-  case " $parts " in *" h2load "*) bench_h2load "$seconds" "$port" "$metrics" ;; esac
+  done
+  target/release/examples/loadgen --target "127.0.0.1:$port" --rpc unwrap-key --concurrency 1 --seconds "$seconds" \
+    --keys-dir "$state/keys" --compare-bare --server-pid "$bench_pid"
   echo "RSS of aasp dev after load: $(grep VmRSS /proc/$bench_pid/status)"
   ls -l target/release/aasp | awk '{print "release binary: " $5 " bytes"}'
   kill "$bench_pid" 2>/dev/null || true
-}
-
-# h2load (nghttp2) as a client-independent capacity probe: one connection, -m concurrent
-# streams, gRPC-framed bodies from loadgen --h2load-body. h2load cannot read gRPC trailers, so
-# the server's own aasp_rpc_requests_total counters say how many calls really ended OK.
-bench_h2load() {
-  local seconds=$1 port=$2 metrics=$3
-  if ! command -v h2load >/dev/null; then
-    echo "buildall: installing nghttp2-client for h2load" >&2
-    apt-get install -y -qq nghttp2-client >/dev/null
-  fi
-  echo "== h2load (one connection, -m streams; OK = the server's count of grpc-status 0)"
-  for rpc in say-hello get-report wrap-key; do
-    local body=target/bench-$rpc.grpc path method
-    path=$(target/release/examples/loadgen --rpc "$rpc" --h2load-body "$body")
-    method=${path##*/}
-    for m in 8 64; do
-      local ok_before ticks_before ok_after ticks_after out
-      ok_before=$(rpc_ok_count "$metrics" "$method")
-      ticks_before=$(cpu_ticks "$bench_pid")
-      out=$(h2load -D "$seconds" -c 1 -m "$m" -H 'content-type: application/grpc' -H 'te: trailers' \
-        -d "$body" "http://127.0.0.1:$port$path")
-      ok_after=$(rpc_ok_count "$metrics" "$method")
-      ticks_after=$(cpu_ticks "$bench_pid")
-      echo "$rpc -m $m: $(grep -E '^finished in' <<<"$out")"
-      grep -E '^requests:|^status codes:|^time for request:' <<<"$out" | sed 's/^/    /'
-      echo "    server: $((ok_after - ok_before)) OK; CPU $(( (ticks_after - ticks_before) * 10000 / ( (ok_after - ok_before) > 0 ? (ok_after - ok_before) : 1 ) )) µs per call"
-    done
-  done
-}
-
-rpc_ok_count() {
-  curl -s "http://127.0.0.1:$1/metrics" \
-    | awk -v m="$2" '$0 ~ "^aasp_rpc_requests_total" && $0 ~ "/" m "\"" && $0 ~ "status=\"Ok\"" {n += $2} END {print n + 0}'
-}
-
-# utime + stime of a process, in clock ticks (USER_HZ = 100).
-cpu_ticks() {
-  awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"
 }
 
 case "${1:-}" in

@@ -53,10 +53,6 @@ struct Args {
     /// Time the bare RSA-OAEP decrypt of the same ciphertext too (unwrap-key, aasp dev only).
     #[arg(long)]
     compare_bare: bool,
-    /// Instead of running, write the gRPC-framed request body of `--rpc` to FILE (for
-    /// `h2load -d FILE`) and print the HTTP/2 path to send it to.
-    #[arg(long, value_name = "FILE")]
-    h2load_body: Option<std::path::PathBuf>,
     /// Mixed load: N clients repeating RPC in the background (e.g. `unwrap-key:4`) while `--rpc`
     /// is measured; `--rpc` is measured alone first.
     #[arg(long, value_name = "RPC:N", value_parser = parse_background)]
@@ -133,51 +129,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
-/// One gRPC message as it travels: uncompressed flag, big-endian length, protobuf bytes.
-fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    frame
-}
-
-/// The request body and path of one call of `rpc`, for a client that is not gRPC-aware.
-fn h2load_request(rpc: Rpc, key: &str) -> Result<(Vec<u8>, &'static str), String> {
-    Ok(match rpc {
-        Rpc::SayHello => (
-            grpc_frame(&HelloRequest {
-                name: "load".into(),
-            }),
-            "/keyprovider.KeyProviderService/SayHello",
-        ),
-        Rpc::GetReport => (
-            grpc_frame(&KeyProviderGetReportInput {
-                report_data_hex_string: "00ff".into(),
-            }),
-            "/keyprovider.KeyProviderService/GetReport",
-        ),
-        Rpc::WrapKey => (
-            grpc_frame(&KeyProviderKeyWrapProtocolInput {
-                key_provider_key_wrap_protocol_input: wrap_input(key, &[7; 32]),
-            }),
-            "/keyprovider.KeyProviderService/WrapKey",
-        ),
-        Rpc::UnwrapKey => {
-            return Err("--h2load-body supports say-hello, get-report, wrap-key".into())
-        }
-    })
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if let Some(path) = &args.h2load_body {
-        let (body, grpc_path) = h2load_request(args.rpc, &args.key)?;
-        std::fs::write(path, body)?;
-        println!("{grpc_path}");
-        return Ok(());
-    }
     let channel = Channel::from_shared(format!("http://{}", args.target))?
         .connect()
         .await?;
