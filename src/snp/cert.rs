@@ -102,24 +102,37 @@ impl Cert {
         })
     }
 
-    /// Every certificate in a PEM bundle, in order.
+    /// Every certificate in a PEM bundle, in order. Text outside the blocks (RFC 7468's
+    /// explanatory text) is skipped; a block of another kind is an error. Each block's base64 is
+    /// decoded once and parsed as DER, and those bytes are kept: no PEM reader streaming the
+    /// base64 through the parser, no re-encoding (that cost ~0.1 ms per THIM chain of three).
     pub fn from_pem_bundle(pem: &[u8]) -> Result<Vec<Self>, CertError> {
-        // x509-cert's chain reader underflows on input that is empty once trailing newlines are
-        // stripped (found by the `certificates` fuzz target): reject what holds no PEM first.
-        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        const BEGIN: &str = "-----BEGIN ";
+        const LABEL: &str = "CERTIFICATE-----";
+        const END: &str = "-----END CERTIFICATE-----";
+        let text = std::str::from_utf8(pem)
+            .map_err(|_| CertError::Pem("the input is not PEM text".into()))?;
+        let mut certs = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find(BEGIN) {
+            let block = rest.get(start + BEGIN.len()..).unwrap_or_default();
+            let block = block.strip_prefix(LABEL).ok_or_else(|| {
+                CertError::Pem("a PEM block other than CERTIFICATE in the input".into())
+            })?;
+            let (body, after) = block
+                .split_once(END)
+                .ok_or_else(|| CertError::Pem("a CERTIFICATE block without its END line".into()))?;
+            let b64: String = body.split_ascii_whitespace().collect();
+            let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                .map_err(|_| CertError::Pem("a CERTIFICATE block is not base64".into()))?;
+            let cert = Certificate::from_der(&der).map_err(CertError::Der)?;
+            certs.push(Cert { der, cert });
+            rest = after;
+        }
+        if certs.is_empty() {
             return Err(CertError::Pem("the input holds no PEM certificate".into()));
         }
-        let certs = Certificate::load_pem_chain(pem).map_err(|e| CertError::Pem(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(CertError::Pem("the input holds no certificate".into()));
-        }
-        certs
-            .into_iter()
-            .map(|cert| {
-                let der = cert.to_der().map_err(CertError::Der)?;
-                Ok(Cert { der, cert })
-            })
-            .collect()
+        Ok(certs)
     }
 
     /// DER, or a PEM bundle holding exactly one certificate.
@@ -368,6 +381,40 @@ mod tests {
     fn pem_input_without_a_certificate_is_an_error_not_a_panic() {
         for input in [&b""[..], b"\n", b"\r\n\r\n", b"-----END CERTIFICATE-----\n"] {
             assert!(Cert::from_pem_bundle(input).is_err());
+        }
+    }
+
+    /// The bundle reader keeps each block's exact DER, skips explanatory text, and refuses
+    /// other block kinds, unterminated blocks and bad base64.
+    #[test]
+    fn pem_bundle_blocks_text_and_errors() {
+        use base64::Engine;
+        let vcek = data("milan-go-sev-guest/vcek.der");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&vcek);
+        let block = |body: &str| {
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        };
+        let wrapped: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        let two = format!(
+            "# a comment\r\n{}between\n{}\n\n",
+            block(&wrapped.join("\r\n")),
+            block(&b64)
+        );
+        let certs = Cert::from_pem_bundle(two.as_bytes()).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert!(certs.iter().all(|c| c.der() == vcek.as_slice()));
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        for bad in [
+            format!("{}{key}", block(&b64)),
+            block(&b64).replace("-----END CERTIFICATE-----", ""),
+            block(&b64.replace('A', "*")),
+            block(&b64[..b64.len() - 8]),
+        ] {
+            assert!(Cert::from_pem_bundle(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
