@@ -185,7 +185,7 @@ fn print_table(timer: &StepTimer, rounds: usize) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<16} {:<38} {:>22} {:>10} {:>10}",
+        "{:<16} {:<38} {:>22} {:>22} {:>10}",
         "step", "what", "wall", "our CPU", "wait"
     );
     for (name, what) in STEPS {
@@ -197,8 +197,8 @@ fn print_table(timer: &StepTimer, rounds: usize) {
         let cpu = stats(of_step.iter().map(|s| s.cpu));
         let wait = stats(of_step.iter().map(|s| s.wall.saturating_sub(s.cpu)));
         println!(
-            "{name:<16} {what:<38} {:>8.2} ({:.2}–{:.2}) {:>10.2} {:>10.2}",
-            wall.0, wall.1, wall.2, cpu.0, wait.0
+            "{name:<16} {what:<38} {:>8.2} ({:.2}–{:.2}) {:>8.2} ({:.2}–{:.2}) {:>10.2}",
+            wall.0, wall.1, wall.2, cpu.0, cpu.1, cpu.2, wait.0
         );
     }
 }
