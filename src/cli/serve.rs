@@ -420,8 +420,16 @@ pub fn listen_error(listen: &Listen, e: &std::io::Error) -> String {
 pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, String> {
     let (router, health) = grpc_router(Arc::clone(&backend), &Limits::default());
     tokio::spawn(report_readiness(Arc::clone(&backend), health));
-    tokio::spawn(release_start_up_memory(Arc::clone(&backend)));
     let (stop, _) = tokio::sync::watch::channel(false);
+    let mut stopped = stop.subscribe();
+    let release = release_start_up_memory(Arc::clone(&backend));
+    // Ends with the server (tests and benches start many in one process).
+    tokio::spawn(async move {
+        tokio::select! {
+            () = release => {}
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+    });
     let mut running = Running {
         listeners: Vec::new(),
         stop,
