@@ -1,11 +1,15 @@
 //! Where layer-key decrypts run. An RSA-3072 private-key operation takes about 0.7 ms of CPU:
 //! on an async worker it holds that worker, and every task queued behind it (health, SayHello,
 //! the connection tasks that flush other replies) waits, while tokio's LIFO slot cannot even be
-//! stolen by the other worker. So decrypts run on the blocking pool, at most `threads` at once
-//! (a semaphore, FIFO): the workers stay free for everything else, the number of decrypt
-//! threads stays bounded however many calls arrive, and the kernel shares the cores between
-//! them. `threads = 0` keeps the decrypt on the worker that took the call (the old placement,
-//! kept to measure against: see BENCHMARKS.md "Warm UnWrapKey").
+//! stolen by the other worker. So at most `threads` decrypts run at once (a semaphore, FIFO),
+//! each where it does not hold a worker: on a multi-threaded runtime (the server's) through
+//! `block_in_place`, which hands the worker's queue to another thread and runs the decrypt right
+//! here — no hand-off on the call's own path, which `spawn_blocking` would add (two thread
+//! wake-ups, costly on a busy machine); on a current-thread runtime, where `block_in_place` is
+//! not allowed, on the blocking pool. The number of threads stays bounded however many calls
+//! arrive, and the kernel shares the cores between them. `threads = 0` keeps the decrypt on the
+//! worker that took the call (the old placement, kept to measure against: see BENCHMARKS.md
+//! "Warm UnWrapKey").
 
 use super::{Error, Result};
 use std::sync::Arc;
@@ -47,6 +51,20 @@ impl DecryptPool {
             .acquire_owned()
             .await
             .map_err(|_| Error::Stopped("the decrypt pool is closed".into()))?;
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+            // Synchronous: nothing can drop this future while `op` runs, and the permit with it.
+            Ok(RuntimeFlavor::MultiThread) => {
+                let _permit = permit;
+                return tokio::task::block_in_place(op);
+            }
+            // Polled by an executor other than tokio: there is no tokio worker to hold up.
+            Err(_) => {
+                let _permit = permit;
+                return op();
+            }
+            Ok(_) => {}
+        }
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             op()
@@ -98,6 +116,46 @@ mod tests {
             assert!(most <= n, "{most} decrypts ran at once with {n} threads");
             assert!(threads.iter().all(|t| *t != me), "a decrypt ran inline");
         }
+    }
+
+    /// On a server runtime with one worker: while a decrypt runs, another task on that worker
+    /// still runs (with the decrypt inline it would wait for it).
+    fn other_task_runs_during_decrypt(pool: DecryptPool) -> bool {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let decrypting = Arc::new(std::sync::Barrier::new(2));
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<&str>();
+        runtime.block_on(async {
+            let (barrier, done) = (Arc::clone(&decrypting), done_tx.clone());
+            let decrypt = tokio::spawn(async move {
+                pool.run(move || {
+                    barrier.wait();
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                done.send("decrypt").unwrap();
+            });
+            // Spawned once the decrypt holds its thread; queued on the one worker.
+            let barrier = Arc::clone(&decrypting);
+            tokio::task::spawn_blocking(move || barrier.wait())
+                .await
+                .unwrap();
+            let other = tokio::spawn(async move { done_tx.send("other").unwrap() });
+            other.await.unwrap();
+            decrypt.await.unwrap();
+        });
+        done_rx.recv().unwrap() == "other"
+    }
+
+    #[test]
+    fn a_decrypt_does_not_hold_the_worker() {
+        assert!(other_task_runs_during_decrypt(DecryptPool::new(1)));
+        assert!(!other_task_runs_during_decrypt(DecryptPool::new(0)));
     }
 
     #[test]
