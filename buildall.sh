@@ -114,7 +114,7 @@ bench() {
   esac
   case " $parts " in *" criterion "*)
     echo "== criterion: warm UnWrapKey against the bare decrypt, one process"
-    cargo bench --locked --bench warm_unwrap 2>&1 | grep -E "^warm_unwrap/|time:|^medians|^UnWrapKey" ;;
+    cargo bench --locked --bench warm_unwrap 2>&1 | grep -E "^warm_unwrap/|time:|^medians|^UnWrapKey|^cpu:" ;;
   esac
   case " $parts " in *" mixed "*) bench_mixed "$seconds" ;; esac
 }

@@ -284,6 +284,77 @@ fn print_ratio() {
     );
 }
 
+/// CPU time every thread of this process has run so far, in nanoseconds: the first field of
+/// each `/proc/self/task/*/schedstat` (threads that exited are not counted; the blocking pool
+/// keeps its threads for 10 s, longer than a measurement here).
+fn process_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Wall and process CPU time per call of `op`, over `rounds` calls after a warm-up.
+fn per_call(rounds: u32, mut op: impl FnMut()) -> (f64, f64) {
+    for _ in 0..rounds / 10 {
+        op();
+    }
+    let (cpu, wall) = (process_cpu_ns(), std::time::Instant::now());
+    for _ in 0..rounds {
+        op();
+    }
+    let wall = wall.elapsed().as_nanos() as f64 / f64::from(rounds);
+    let cpu = process_cpu_ns().saturating_sub(cpu) as f64 / f64::from(rounds);
+    (wall, cpu)
+}
+
+/// The same comparison in CPU time (client and server together, all in this process), which a
+/// busy machine distorts much less than wall time: what each call costs, not how long it waits.
+fn print_cpu_ratio(f: &Fixture) {
+    let rounds = std::env::var("WARM_UNWRAP_CPU_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1000);
+    let private = f.released.rsa_private().unwrap();
+    let mut out = vec![0u8; private.min_output_size()];
+    let bare = per_call(rounds, || {
+        private
+            .decrypt(&OAEP_SHA256_MGF1SHA256, &f.ciphertext, &mut out, None)
+            .unwrap();
+    });
+    let empty = per_call(rounds, || {
+        let mut client = f.pooled.client.clone();
+        f.client
+            .block_on(client.say_hello(HelloRequest {
+                name: String::new(),
+            }))
+            .unwrap();
+    });
+    let pooled = per_call(rounds, || f.pooled.unwrap_key(&f.client));
+    let inline = per_call(rounds, || f.inline.unwrap_key(&f.client));
+    let us = |ns: f64| ns / 1e3;
+    for (name, (wall, cpu)) in [
+        ("bare decrypt", bare),
+        ("empty RPC", empty),
+        ("UnWrapKey", pooled),
+        ("UnWrapKey inline", inline),
+    ] {
+        println!(
+            "cpu: {name}: {:.1} µs CPU, {:.1} µs wall per call ({rounds} calls)",
+            us(cpu),
+            us(wall)
+        );
+    }
+    println!(
+        "cpu: UnWrapKey CPU / (bare decrypt + empty RPC) = {:.2}; decrypt on the worker (--decrypt-threads 0): {:.2}",
+        pooled.1 / (bare.1 + empty.1),
+        inline.1 / (bare.1 + empty.1)
+    );
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     let fixture = Fixture::start();
@@ -292,5 +363,6 @@ fn main() {
     // `cargo bench` passes --bench; under `cargo test` each benchmark ran once, untimed.
     if std::env::args().any(|a| a == "--bench") {
         print_ratio();
+        print_cpu_ratio(&fixture);
     }
 }
