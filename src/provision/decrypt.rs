@@ -1,15 +1,14 @@
 //! Where layer-key decrypts run. An RSA-3072 private-key operation takes about 0.7 ms of CPU:
 //! on an async worker it holds that worker, and every task queued behind it (health, SayHello,
 //! the connection tasks that flush other replies) waits, while tokio's LIFO slot cannot even be
-//! stolen by the other worker. So at most `threads` decrypts run at once (a semaphore, FIFO),
-//! each where it does not hold a worker: on a multi-threaded runtime (the server's) through
-//! `block_in_place`, which hands the worker's queue to another thread and runs the decrypt right
-//! here — no hand-off on the call's own path, which `spawn_blocking` would add (two thread
-//! wake-ups, costly on a busy machine); on a current-thread runtime, where `block_in_place` is
-//! not allowed, on the blocking pool. The number of threads stays bounded however many calls
-//! arrive, and the kernel shares the cores between them. `threads = 0` keeps the decrypt on the
-//! worker that took the call (the old placement, kept to measure against: see BENCHMARKS.md
-//! "Warm UnWrapKey").
+//! stolen by the other worker. So decrypts run on the blocking pool (`spawn_blocking`), at most
+//! `threads` at once (a semaphore, FIFO): the workers stay free for everything else, the number
+//! of decrypt threads stays bounded however many calls arrive, and the kernel shares the cores
+//! between them. Measured against `block_in_place` (which runs the decrypt in place and moves the
+//! worker's queue to another thread instead): SayHello's p99 under concurrent UnWrapKeys was
+//! 2–3x lower with the blocking pool, and a single warm UnWrapKey no slower (BENCHMARKS.md
+//! "Warm UnWrapKey"). `threads = 0` keeps the decrypt on the worker that took the call (the old
+//! placement, kept to measure against).
 
 use super::{Error, Result};
 use std::sync::Arc;
@@ -51,27 +50,20 @@ impl DecryptPool {
             .acquire_owned()
             .await
             .map_err(|_| Error::Stopped("the decrypt pool is closed".into()))?;
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
-            // Synchronous: nothing can drop this future while `op` runs, and the permit with it.
-            Ok(RuntimeFlavor::MultiThread) => {
-                let _permit = permit;
-                return tokio::task::block_in_place(op);
-            }
-            // Polled by an executor other than tokio: there is no tokio worker to hold up.
-            Err(_) => {
-                let _permit = permit;
-                return op();
-            }
-            Ok(_) => {}
-        }
-        tokio::task::spawn_blocking(move || {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Polled by an executor other than tokio: there is no tokio worker to hold up (and
+            // no blocking pool to use).
             let _permit = permit;
-            op()
-        })
-        .await
-        // Cancelled at runtime shutdown (the closures here do not panic).
-        .map_err(|e| Error::Stopped(format!("the decrypt did not run: {e}")))?
+            return op();
+        };
+        runtime
+            .spawn_blocking(move || {
+                let _permit = permit;
+                op()
+            })
+            .await
+            // Cancelled at runtime shutdown (the closures here do not panic).
+            .map_err(|e| Error::Stopped(format!("the decrypt did not run: {e}")))?
     }
 }
 
