@@ -13,10 +13,11 @@
 //! - **HTTP/1** headers must arrive within `header_read_timeout` (slowloris).
 //! - **HTTP/2**: `max_concurrent_streams` per connection; a PING every `keepalive_interval`, and
 //!   a peer that does not answer within `keepalive_timeout` is dropped.
-//! - **Requests** ([`RequestLimit`]): the body is read (bounded in size and time) *before* a
-//!   concurrency permit is taken, so streams that send headers and never a body cannot starve
-//!   the calls that do. Health and reflection take no permit: they are cheap, and health must
-//!   answer while the server is busy.
+//! - **Requests** ([`RequestStage`]): the call's deadline covers everything; within it the body
+//!   is read (bounded in size and time) *before* a concurrency permit is taken, so streams that
+//!   send headers and never a body cannot starve the calls that do. Health and reflection take no
+//!   permit: they are cheap, and health must answer while the server is busy. One tower layer
+//!   with one boxed future per call: it runs on every request.
 
 use futures_util::StreamExt;
 use std::future::Future;
@@ -292,17 +293,21 @@ fn descriptor_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// The request stage of [`serve`]'s bounds: body first (bounded in size and time), then a
-/// concurrency permit.
+/// The request stage of [`serve`]'s bounds, as a tower layer: the deadline, then the body
+/// (bounded in size and time), then a concurrency permit.
+#[derive(Debug, Clone)]
+pub struct RequestStage(Arc<RequestLimit>);
+
 #[derive(Debug)]
-pub struct RequestLimit {
-    permits: Arc<Semaphore>,
+struct RequestLimit {
+    permits: Semaphore,
     max_body_bytes: usize,
     body_timeout: Duration,
     protocol: Protocol,
 }
 
-/// How a refusal is written.
+/// How a refusal is written, and which deadline applies: gRPC's is the caller's `grpc-timeout`
+/// within [`RPC_DEADLINE`], REST's is [`RPC_DEADLINE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Grpc,
@@ -316,19 +321,145 @@ enum BodyError {
     Broken,
 }
 
-impl RequestLimit {
+impl RequestStage {
     pub fn new(
         concurrency: usize,
         max_body_bytes: usize,
         body_timeout: Duration,
         protocol: Protocol,
-    ) -> Arc<Self> {
-        Arc::new(RequestLimit {
-            permits: Arc::new(Semaphore::new(concurrency)),
+    ) -> Self {
+        RequestStage(Arc::new(RequestLimit {
+            permits: Semaphore::new(concurrency),
             max_body_bytes,
             body_timeout,
             protocol,
-        })
+        }))
+    }
+}
+
+impl<S> tower::Layer<S> for RequestStage {
+    type Service = Staged<S>;
+
+    fn layer(&self, inner: S) -> Staged<S> {
+        Staged {
+            inner,
+            limit: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// A service behind the [`RequestStage`].
+#[derive(Debug, Clone)]
+pub struct Staged<S> {
+    inner: S,
+    limit: Arc<RequestLimit>,
+}
+
+impl<S> tower::Service<axum::extract::Request> for Staged<S>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        // The service made ready is the one called; its clone waits for the next call.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let limit = Arc::clone(&self.limit);
+        Box::pin(async move { Ok(limit.run(inner, request).await) })
+    }
+}
+
+impl RequestLimit {
+    async fn run<S>(&self, inner: S, request: axum::extract::Request) -> axum::response::Response
+    where
+        S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+    {
+        let deadline = match self.protocol {
+            Protocol::Grpc => request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::parse_grpc_timeout)
+                .map_or(super::RPC_DEADLINE, |d| d.min(super::RPC_DEADLINE)),
+            Protocol::Rest => super::RPC_DEADLINE,
+        };
+        match tokio::time::timeout(deadline, self.admit(inner, request)).await {
+            Ok(response) => response,
+            Err(_) => self.late(deadline),
+        }
+    }
+
+    /// Body, then permit, then the call.
+    async fn admit<S>(
+        &self,
+        mut inner: S,
+        request: axum::extract::Request,
+    ) -> axum::response::Response
+    where
+        S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+    {
+        if self.protocol == Protocol::Grpc && exempt(request.uri().path()) {
+            return inner
+                .call(request)
+                .await
+                .unwrap_or_else(|never| match never {});
+        }
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(body).await {
+            Ok(body) => body,
+            Err(e) => return self.refuse(e),
+        };
+        let Ok(_permit) = self.permits.acquire().await else {
+            return self.refuse(BodyError::Broken);
+        };
+        let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+        inner
+            .call(request)
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// The reply of a call that outlived its deadline, whatever it was waiting for.
+    fn late(&self, deadline: Duration) -> axum::response::Response {
+        match self.protocol {
+            Protocol::Grpc => tonic::Status::deadline_exceeded(format!(
+                "the call did not finish within its deadline ({deadline:?})"
+            ))
+            .into_http::<axum::body::Body>(),
+            Protocol::Rest => axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({
+                    "error": format!("the call did not finish within {deadline:?}")
+                })),
+            )),
+        }
     }
 
     async fn read_body(&self, body: axum::body::Body) -> Result<axum::body::Bytes, BodyError> {
@@ -389,28 +520,4 @@ impl RequestLimit {
 /// reflection is a bidirectional stream whose body never ends while the client is connected.
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
-}
-
-/// Middleware: reads the body within its bounds, then waits for a permit, then runs the call.
-pub async fn limit_requests(
-    axum::extract::State(limit): axum::extract::State<Arc<RequestLimit>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if limit.protocol == Protocol::Grpc && exempt(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    let body = match limit.read_body(body).await {
-        Ok(body) => body,
-        Err(e) => return limit.refuse(e),
-    };
-    let Ok(_permit) = Arc::clone(&limit.permits).acquire_owned().await else {
-        return limit.refuse(BodyError::Broken);
-    };
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(body),
-    ))
-    .await
 }

@@ -202,46 +202,18 @@ pub fn grpc_router(
         routes.add_service(v1alpha);
     }
     // The gRPC frame: 5 bytes of header, then the message; tonic refuses a larger message with
-    // OUT_OF_RANGE, and so does the body stage for a larger body.
-    let request_limit = conn::RequestLimit::new(
-        limits.concurrency,
-        max.saturating_add(5),
-        limits.body_timeout,
-        conn::Protocol::Grpc,
-    );
-    // The deadline is outermost: it covers the body, the wait for a permit and the call.
+    // OUT_OF_RANGE, and so does the body stage for a larger body. The stage's deadline covers
+    // the body, the wait for a permit and the call.
     let router = routes
         .routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(
-            request_limit,
-            conn::limit_requests,
-        ))
-        .layer(axum::middleware::from_fn(grpc_deadline));
+        .layer(conn::RequestStage::new(
+            limits.concurrency,
+            max.saturating_add(5),
+            limits.body_timeout,
+            conn::Protocol::Grpc,
+        ));
     (router, health_reporter)
-}
-
-/// Honours the client's `grpc-timeout`: past it the call ends with DEADLINE_EXCEEDED, whatever
-/// it was waiting for.
-async fn grpc_deadline(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let deadline = request
-        .headers()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map_or(RPC_DEADLINE, |d| d.min(RPC_DEADLINE));
-    match tokio::time::timeout(deadline, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let status = tonic::Status::deadline_exceeded(format!(
-                "the call did not finish within its deadline ({deadline:?})"
-            ));
-            status.into_http::<axum::body::Body>()
-        }
-    }
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).

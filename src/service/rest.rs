@@ -28,12 +28,6 @@ pub const REST_CONCURRENCY: usize = 64;
 pub const REST_MAX_BODY: usize = 1 << 20;
 
 pub fn router(backend: Arc<Backend>) -> Router {
-    let request_limit = super::conn::RequestLimit::new(
-        REST_CONCURRENCY,
-        REST_MAX_BODY,
-        super::Limits::default().body_timeout,
-        super::conn::Protocol::Rest,
-    );
     Router::new()
         .route("/status", get(status))
         .route("/attest/raw", post(attest_raw))
@@ -43,24 +37,14 @@ pub fn router(backend: Arc<Backend>) -> Router {
         .route("/cdh/resource/{repo}/{kind}/{tag}", get(cdh_resource))
         .layer(axum::extract::DefaultBodyLimit::max(REST_MAX_BODY))
         .with_state(backend)
-        .layer(axum::middleware::from_fn_with_state(
-            request_limit,
-            super::conn::limit_requests,
+        // No REST call runs longer than the gRPC deadline: past it the caller gets a 500 with a
+        // JSON error, whatever the call was waiting for.
+        .layer(super::conn::RequestStage::new(
+            REST_CONCURRENCY,
+            REST_MAX_BODY,
+            super::Limits::default().body_timeout,
+            super::conn::Protocol::Rest,
         ))
-        .layer(axum::middleware::from_fn(rest_deadline))
-}
-
-/// No REST call runs longer than the gRPC deadline: past it the caller gets a 500 with a JSON
-/// error, whatever the call was waiting for.
-async fn rest_deadline(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match tokio::time::timeout(super::RPC_DEADLINE, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": format!("the call did not finish within {:?}", super::RPC_DEADLINE) })),
-        )
-            .into_response(),
-    }
 }
 
 /// The one place REST errors become responses.
