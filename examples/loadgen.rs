@@ -164,38 +164,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return mixed(&args, channel, &annotation, background).await;
     }
     let ticks_before = args.server_pid.and_then(cpu_ticks);
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            let mut client = Client::new(channel.clone());
-            let (rpc, key, annotation) = (args.rpc, args.key.clone(), annotation.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                call(&mut client, rpc, &key, &annotation, 0).await.ok();
-                let mut i = (w as u64) << 32;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match call(&mut client, rpc, &key, &annotation, i).await {
-                        Ok(()) => latencies.push(t.elapsed()),
-                        Err(_) => errors += 1,
-                    }
-                    i += 1;
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for worker in workers {
-        let (l, e) = worker.await?;
-        latencies.extend(l);
-        errors += e;
-    }
+    let (latencies, errors) = clients(
+        &channel,
+        args.rpc,
+        args.concurrency,
+        &args.key,
+        &annotation,
+        Until::Deadline(started + Duration::from_secs(args.seconds)),
+    )
+    .await?;
     let elapsed = started.elapsed();
-    latencies.sort();
     let n = latencies.len();
     println!(
         "rpc={:?} concurrency={} calls={} errors={} throughput={:.0}/s p50={:?} p90={:?} p99={:?}",
