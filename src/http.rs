@@ -31,17 +31,40 @@ pub enum HttpSetupError {
     Build(String),
 }
 
+/// The system's trust roots, as rustls-native-certs finds them (`SSL_CERT_FILE`/`SSL_CERT_DIR`,
+/// else the distribution's bundle; certificates it cannot read are skipped). A server reads them
+/// once and hands them to every verifier that needs them: the HTTP client here and the
+/// release-signature anchors (`azure::jws::Anchors`).
+pub fn system_roots() -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    rustls_native_certs::load_native_certs().certs
+}
+
+/// [`client_with_roots`] with the system's roots.
 pub fn client(options: &HttpOptions) -> Result<reqwest::Client, HttpSetupError> {
-    let mut builder = reqwest::Client::builder()
+    client_with_roots(options, &system_roots())
+}
+
+/// A client that trusts `roots` (usable ones: a certificate webpki cannot take as a trust anchor
+/// is skipped, as a platform verifier skips it) and the extra CA file, and nothing else.
+pub fn client_with_roots(
+    options: &HttpOptions,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<reqwest::Client, HttpSetupError> {
+    let mut trusted: Vec<reqwest::Certificate> = roots
+        .iter()
+        .filter(|der| webpki::anchor_from_trusted_cert(der).is_ok())
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect();
+    if let Some(path) = &options.extra_ca {
+        trusted.extend(load_ca(path)?);
+    }
+    reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
         .timeout(options.timeout)
         .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::custom(same_origin_only))
-        .https_only(false);
-    if let Some(path) = &options.extra_ca {
-        builder = builder.tls_certs_merge(load_ca(path)?);
-    }
-    builder
+        .https_only(false)
+        .tls_certs_only(trusted)
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
 }

@@ -758,3 +758,43 @@ async fn a_refused_access_token_is_refetched_and_a_rotated_token_file_is_used() 
     assert_eq!(released.jwk.k, Jwk::oct(&[6; 32]).k);
     assert_eq!(p.counters.maa_calls.load(Ordering::SeqCst), 2);
 }
+
+/// TLS verification of outbound calls: the client trusts the roots it is given (a server passes
+/// the system's, read once) and the extra CA file, and nothing else.
+#[tokio::test]
+async fn the_http_client_trusts_its_roots_and_the_extra_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = emulator::start(emulator::Config::new(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let reach = |client: reqwest::Client| {
+        let url = format!("{}/no-such-path", emulator.url);
+        async move { client.get(url).send().await.map(|r| r.status()) }
+    };
+    let none = aasp::http::client_with_roots(&HttpOptions::default(), &[]).unwrap();
+    let refused = reach(none).await.unwrap_err();
+    assert!(
+        refused.is_connect(),
+        "an untrusted server was accepted: {refused:?}"
+    );
+
+    let with_extra = aasp::http::client_with_roots(
+        &HttpOptions {
+            extra_ca: Some(emulator.ca_path.clone()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    assert!(reach(with_extra).await.is_ok());
+
+    let pem = std::fs::read(&emulator.ca_path).unwrap();
+    let roots: Vec<rustls_pki_types::CertificateDer<'static>> =
+        aasp::snp::cert::Cert::from_pem_bundle(&pem)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.der().to_vec().into())
+            .collect();
+    let with_roots = aasp::http::client_with_roots(&HttpOptions::default(), &roots).unwrap();
+    assert!(reach(with_roots).await.is_ok());
+}

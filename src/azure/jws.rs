@@ -198,14 +198,22 @@ pub struct Anchors {
 impl Anchors {
     /// The system's roots plus the extra CA file, if any.
     pub fn system_and(extra_ca: Option<&std::path::Path>) -> Result<Self> {
-        let mut anchors = Self::from_certs(rustls_native_certs::load_native_certs().certs);
+        Self::roots_and(&crate::http::system_roots(), extra_ca)
+    }
+
+    /// `roots` (the system's, read once by the caller) plus the extra CA file, if any.
+    pub fn roots_and(
+        roots: &[CertificateDer<'static>],
+        extra_ca: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let mut anchors = Self::from_certs(roots);
         if let Some(path) = extra_ca {
             anchors.anchors.extend(Self::from_pem_file(path)?.anchors);
         }
         Ok(anchors)
     }
 
-    fn from_certs(certs: Vec<CertificateDer<'static>>) -> Self {
+    fn from_certs(certs: &[CertificateDer<'static>]) -> Self {
         let anchors = certs
             .iter()
             .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
@@ -225,8 +233,8 @@ impl Anchors {
             .map_err(|e| Error::Jws(format!("CA bundle: {e}")))?
             .into_iter()
             .map(|c| CertificateDer::from(c.der().to_vec()))
-            .collect();
-        Ok(Self::from_certs(certs))
+            .collect::<Vec<_>>();
+        Ok(Self::from_certs(&certs))
     }
 }
 

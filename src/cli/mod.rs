@@ -201,10 +201,21 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     pub fn client(&self) -> Result<reqwest::Client, String> {
-        crate::http::client(&crate::http::HttpOptions {
-            extra_ca: self.extra_ca.clone(),
-            ..Default::default()
-        })
+        self.client_with_roots(&crate::http::system_roots())
+    }
+
+    /// A client that trusts `roots` (the system's, read once by the caller) and the extra CA.
+    pub fn client_with_roots(
+        &self,
+        roots: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<reqwest::Client, String> {
+        crate::http::client_with_roots(
+            &crate::http::HttpOptions {
+                extra_ca: self.extra_ca.clone(),
+                ..Default::default()
+            },
+            roots,
+        )
         .map_err(|e| e.to_string())
     }
 }

@@ -158,7 +158,9 @@ impl BackendArgs {
     pub fn build(&self) -> Result<Arc<Backend>, String> {
         let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
         let attester = self.attester.open_or_await()?;
-        let client = self.tls.client()?;
+        // Read once: the HTTP client and the release-signature anchors both trust them.
+        let roots = crate::http::system_roots();
+        let client = self.tls.client_with_roots(&roots)?;
         let chains =
             self.chain
                 .chain_cache(attester.as_ref(), &self.attester.state_dir(), &client)?;
@@ -186,7 +188,7 @@ impl BackendArgs {
                 .push(crate::provision::allow::HostPattern::exact(&endpoint));
         }
         let anchors =
-            Anchors::system_and(self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
+            Anchors::roots_and(&roots, self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
         let provisioner = Provisioner::new(ProvisionerParts {
             attester,
             chains: Arc::new(chains),
