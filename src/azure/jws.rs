@@ -196,12 +196,7 @@ pub struct Anchors {
 }
 
 impl Anchors {
-    /// The system's roots plus the extra CA file, if any.
-    pub fn system_and(extra_ca: Option<&std::path::Path>) -> Result<Self> {
-        Self::roots_and(&crate::http::system_roots(), extra_ca)
-    }
-
-    /// `roots` (the system's, read once by the caller) plus the extra CA file, if any.
+    /// `roots` (the system's, `http::system_roots`) plus the extra CA file, if any.
     pub fn roots_and(
         roots: &[CertificateDer<'static>],
         extra_ca: Option<&std::path::Path>,

@@ -3,7 +3,6 @@
 use super::{read_input, SimArgs};
 use crate::azure::identity::{resource_for_host, IdentityProvider, IdentitySource};
 use crate::azure::jwk::Jwk;
-use crate::azure::jws::Anchors;
 use crate::azure::kms::{KeySpec, KeyUrl, KmsClient};
 use crate::azure::policy::{ReleasePolicy, UvmRequirement};
 use crate::azure::Secret;
@@ -148,7 +147,7 @@ impl KmsArgs {
     }
 
     async fn connect(&self) -> Result<(KmsClient, Secret), String> {
-        let client = self.tls.client()?;
+        let (client, anchors) = self.tls.client_and_anchors()?;
         let identity = IdentityProvider::new(
             client.clone(),
             self.identity_source()?,
@@ -158,8 +157,6 @@ impl KmsArgs {
             .token(resource_for_host(self.key()?.host()))
             .await
             .map_err(|e| e.to_string())?;
-        let anchors =
-            Anchors::system_and(self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
         Ok((
             KmsClient::new(client, anchors, RetryPolicy::default()),
             access,
@@ -485,10 +482,9 @@ async fn release(
     show_secret: bool,
 ) -> Result<ExitCode, String> {
     let attester = attester_args.open()?;
-    let client = kms.tls.client()?;
+    let (client, anchors) = kms.tls.client_and_anchors()?;
     let chains = chain_args.chain_cache(attester.as_ref(), &attester_args.state_dir(), &client)?;
     let source = kms.identity_source()?;
-    let anchors = Anchors::system_and(kms.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
     let provisioner = crate::provision::Provisioner::new(crate::provision::ProvisionerParts {
         attester,
         chains: std::sync::Arc::new(chains),

@@ -204,8 +204,19 @@ impl TlsArgs {
         self.client_with_roots(&crate::http::system_roots())
     }
 
-    /// A client that trusts `roots` (the system's, read once by the caller) and the extra CA.
-    pub fn client_with_roots(
+    /// The HTTP client and the release-signature anchors a KMS client needs, both trusting the
+    /// system's roots (read once for the two) and the extra CA.
+    pub fn client_and_anchors(
+        &self,
+    ) -> Result<(reqwest::Client, crate::azure::jws::Anchors), String> {
+        let roots = crate::http::system_roots();
+        let client = self.client_with_roots(&roots)?;
+        let anchors = crate::azure::jws::Anchors::roots_and(&roots, self.extra_ca.as_deref())
+            .map_err(|e| e.to_string())?;
+        Ok((client, anchors))
+    }
+
+    fn client_with_roots(
         &self,
         roots: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<reqwest::Client, String> {

@@ -3,7 +3,6 @@
 pub use super::verify::RequirementArgs;
 use super::{AttesterArgs, ChainArgs, TlsArgs};
 use crate::azure::identity::IdentityProvider;
-use crate::azure::jws::Anchors;
 use crate::azure::kms::KmsClient;
 use crate::env;
 use crate::http::RetryPolicy;
@@ -158,9 +157,7 @@ impl BackendArgs {
     pub fn build(&self) -> Result<Arc<Backend>, String> {
         let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
         let attester = self.attester.open_or_await()?;
-        // Read once: the HTTP client and the release-signature anchors both trust them.
-        let roots = crate::http::system_roots();
-        let client = self.tls.client_with_roots(&roots)?;
+        let (client, anchors) = self.tls.client_and_anchors()?;
         let chains =
             self.chain
                 .chain_cache(attester.as_ref(), &self.attester.state_dir(), &client)?;
@@ -187,8 +184,6 @@ impl BackendArgs {
                 .maa
                 .push(crate::provision::allow::HostPattern::exact(&endpoint));
         }
-        let anchors =
-            Anchors::roots_and(&roots, self.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
         let provisioner = Provisioner::new(ProvisionerParts {
             attester,
             chains: Arc::new(chains),

@@ -3,7 +3,6 @@
 use super::{read_input, TlsArgs};
 use crate::azure::identity::{resource_for_host, IdentityProvider};
 use crate::azure::jwk::KeyFamily;
-use crate::azure::jws::Anchors;
 use crate::azure::kms::KmsClient;
 use crate::http::RetryPolicy;
 use crate::provision::layer::{resolve, wrap_rsa, WrappingKey};
@@ -57,7 +56,7 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
         }
         None => {
             // Only the public half is needed: fetch it from the KMS.
-            let client = args.tls.client()?;
+            let (client, anchors) = args.tls.client_and_anchors()?;
             let source = super::identity_source(
                 args.access_token_file.as_deref(),
                 args.imds_endpoint.clone(),
@@ -67,8 +66,6 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
                 .token(resource_for_host(resolved.key.key_url().host()))
                 .await
                 .map_err(|e| e.to_string())?;
-            let anchors =
-                Anchors::system_and(args.tls.extra_ca.as_deref()).map_err(|e| e.to_string())?;
             let bundle = KmsClient::new(client, anchors, RetryPolicy::default())
                 .get(resolved.key.key_url(), &access)
                 .await
