@@ -81,12 +81,12 @@ image() {
 }
 
 # Figures for BENCHMARKS.md, all against release builds on loopback. Seconds per load run:
-# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load rpc cold ready rss criterion mixed").
+# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load rpc cold ready rss criterion handoff mixed").
 bench() {
   need_rust
   cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss \
-    --example rpc_cost --example bare_server
-  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion mixed}
+    --example rpc_cost --example bare_server --example handoff
+  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion handoff mixed}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
   case " $parts " in *" load "*) bench_dev_stack "$seconds" ;; esac
   case " $parts " in *" rpc "*)
@@ -115,6 +115,10 @@ bench() {
   case " $parts " in *" criterion "*)
     echo "== criterion: warm UnWrapKey against the bare decrypt, one process"
     cargo bench --locked --bench warm_unwrap 2>&1 | grep -E "^warm_unwrap/|time:|^medians|^UnWrapKey|^cpu:" ;;
+  esac
+  case " $parts " in *" handoff "*)
+    echo "== what moving a job off the async worker costs (inline, blocking pool, dedicated thread)"
+    target/release/examples/handoff --rounds 3 --calls 1000 | grep -v "^round" ;;
   esac
   case " $parts " in *" mixed "*) bench_mixed "$seconds" ;; esac
 }
