@@ -521,3 +521,85 @@ impl RequestLimit {
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A listener serving an empty router with `idle` as its idle timeout, until the sender
+    /// fires.
+    async fn start(
+        idle: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = ConnectionLimits {
+            idle_timeout: idle,
+            ..ConnectionLimits::grpc()
+        };
+        let server = tokio::spawn(serve(listener, axum::Router::new(), limits, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop, server)
+    }
+
+    /// Whether the server closes `stream` within 10 s (EOF or reset; a read timeout is not).
+    fn closed_by_peer(mut stream: std::net::TcpStream) -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_idle_for_the_timeout_is_closed() {
+        let (addr, _stop, _server) = start(Duration::from_millis(400)).await;
+        let started = Instant::now();
+        let idle = std::net::TcpStream::connect(addr).unwrap();
+        let closed = tokio::task::spawn_blocking(move || closed_by_peer(idle))
+            .await
+            .unwrap();
+        assert!(closed, "the idle connection was not closed");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400),
+            "closed after {waited:?}, before the idle timeout"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_closes_open_connections_and_returns() {
+        let (addr, stop, server) = start(Duration::from_secs(120)).await;
+        let open = std::net::TcpStream::connect(addr).unwrap();
+        // Accepted and registered before the shutdown.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let closed = tokio::task::spawn_blocking(move || closed_by_peer(open))
+            .await
+            .unwrap();
+        assert!(closed, "the open connection was not closed at shutdown");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve did not return after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
