@@ -27,6 +27,10 @@
 //! decrypt thread and the wake-ups that brings.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "../examples/common/process_cpu.rs"]
+mod process_cpu;
+use process_cpu::process_cpu_ns;
+
 use aasp::cli::dev::{self, EmulatorOptions, DEMO_RSA_KEY};
 use aasp::proto::keyprovider::key_provider_service_client::KeyProviderServiceClient as Client;
 use aasp::proto::keyprovider::{HelloRequest, KeyProviderKeyWrapProtocolInput};
@@ -282,19 +286,6 @@ fn print_ratio() {
         unwrap / (bare + empty),
         inline / (bare + empty)
     );
-}
-
-/// CPU time every thread of this process has run so far, in nanoseconds: the first field of
-/// each `/proc/self/task/*/schedstat` (threads that exited are not counted; the blocking pool
-/// keeps its threads for 10 s, longer than a measurement here).
-fn process_cpu_ns() -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Wall and process CPU time per call of `op`, over `rounds` calls after a warm-up.

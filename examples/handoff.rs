@@ -17,6 +17,10 @@
 //! target/release/examples/handoff --rounds 3 --calls 1000
 //! ```
 
+#[path = "common/process_cpu.rs"]
+mod process_cpu;
+use process_cpu::process_cpu_ns;
+
 use aws_lc_rs::rsa::{
     KeySize, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
     OAEP_SHA256_MGF1SHA256,
@@ -110,17 +114,6 @@ fn job_thread() -> mpsc::Sender<Job> {
         }
     });
     jobs
-}
-
-/// CPU time every thread of this process has run, in nanoseconds.
-fn process_cpu_ns() -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Wall and CPU µs per call of `calls` calls, each a task spawned on `server` and awaited from
