@@ -9,7 +9,7 @@
 //! A file modified in the last [`SETTLE`] is not kept: the kernel's file times are coarse (a few
 //! milliseconds), so a second write within one tick could otherwise go unseen.
 
-use crate::provision::{Error, KeyRef, Result};
+use crate::provision::{invalid, KeyRef, Result};
 use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -19,10 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-fn invalid(message: impl Into<String>) -> Error {
-    Error::Invalid(message.into())
-}
 
 /// `<keys-dir>/<name>-info.json`: where a key lives and, for RSA keys, its public key.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 
 use crate::azure::jwk::{Jwk, KeyFamily};
 use crate::azure::Error as AzureError;
-use crate::provision::{Error, KeyRef, Provisioner, ReleasedKey, Result};
+use crate::provision::{invalid, Error, KeyRef, Provisioner, ReleasedKey, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256;
@@ -53,10 +53,6 @@ impl AnnotationPacket {
     pub fn to_annotation(&self) -> String {
         STANDARD.encode(serde_json::to_vec(self).unwrap_or_default())
     }
-}
-
-fn invalid(message: impl Into<String>) -> Error {
-    Error::Invalid(message.into())
 }
 
 /// Wraps `layer_key` to an RSA public key (offline: no TEE needed).

@@ -82,6 +82,11 @@ impl Error {
     }
 }
 
+/// A request this module cannot act on, with what is wrong with it.
+fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}
+
 /// A key a request named, parsed and validated: where it lives and who attests for it.
 /// Backend-neutral for the services; the allow-lists are checked by `Provisioner` before use.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
