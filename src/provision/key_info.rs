@@ -261,14 +261,7 @@ fn spki_from_pem(pem: &str) -> Option<Vec<u8>> {
 
 /// PEM of a SubjectPublicKeyInfo, as key-info files hold it.
 pub fn spki_to_pem(spki: &[u8]) -> String {
-    let b64 = STANDARD.encode(spki);
-    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END PUBLIC KEY-----\n");
-    out
+    crate::snp::cert::pem_block("PUBLIC KEY", spki)
 }
 
 /// How often a kept resolution's files are looked at again.
