@@ -15,6 +15,10 @@
 //! RSA-OAEP-SHA256 decrypt of the same ciphertext with the same key — fetched through GetResource,
 //! which only a development stack should allow — and prints the ratio.
 
+#[path = "common/process_ticks.rs"]
+mod process_ticks;
+use process_ticks::cpu_ticks;
+
 use aasp::proto::getresource::{
     get_resource_service_client::GetResourceServiceClient, GetResourceRequest,
 };
@@ -115,13 +119,6 @@ async fn call(
             .await
             .map(drop),
     }
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

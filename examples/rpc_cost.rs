@@ -16,6 +16,10 @@
 //! target/release/examples/rpc_cost --rounds 3 --seconds 5
 //! ```
 
+#[path = "common/process_ticks.rs"]
+mod process_ticks;
+use process_ticks::cpu_ticks;
+
 use aasp::proto::keyprovider::{HelloRequest, KeyProviderKeyWrapProtocolInput};
 use aasp::provision::layer::{spki_to_pem, KeyInfo};
 use aws_lc_rs::encoding::AsDer;
@@ -114,18 +118,9 @@ impl Drop for Server {
     }
 }
 
-/// utime + stime of a process, in clock ticks (USER_HZ = 100).
-fn cpu_ticks(pid: u32) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (field(11), field(12)) {
-        (Some(user), Some(system)) => Ok(user + system),
-        _ => Err(format!("cannot read /proc/{pid}/stat")),
-    }
+/// [`cpu_ticks`], or why not.
+fn server_ticks(pid: u32) -> Result<u64, String> {
+    cpu_ticks(pid).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))
 }
 
 fn free_port() -> Result<u16, String> {
@@ -398,12 +393,12 @@ async fn measure(
         .as_deref()
         .map(|m| ok_count(m, rpc))
         .transpose()?;
-    let before = cpu_ticks(pid)?;
+    let before = server_ticks(pid)?;
     let calls = match transport {
         Transport::Grpc => h2load(server, rpc, body, streams, seconds)?,
         Transport::Ttrpc => ttrpc_load(server, rpc, streams, seconds).await?,
     };
-    let after = cpu_ticks(pid)?;
+    let after = server_ticks(pid)?;
     if let (Some(metrics), Some(before)) = (server.metrics.as_deref(), ok_before) {
         // h2load counts any HTTP 200, and a failed gRPC call is one: the server's count of OK
         // statuses must cover the client's count (streams cut at the end may add a few).
