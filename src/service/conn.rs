@@ -12,7 +12,9 @@
 //!   completes its preface or first request line.
 //! - **HTTP/1** headers must arrive within `header_read_timeout` (slowloris).
 //! - **HTTP/2**: `max_concurrent_streams` per connection; a PING every `keepalive_interval`, and
-//!   a peer that does not answer within `keepalive_timeout` is dropped.
+//!   a peer that does not answer within `keepalive_timeout` is dropped. A connection's streams
+//!   run inside the connection's own task (`ConnectionStreams`): side by side, but on one
+//!   worker at a time, so one client cannot occupy every core.
 //! - **Requests** ([`RequestStage`]): the call's deadline covers everything; within it the body
 //!   is read (bounded in size and time) *before* a concurrency permit is taken, so streams that
 //!   send headers and never a body cannot starve the calls that do. Health and reflection take no
@@ -189,19 +191,6 @@ pub async fn serve<L: Accept>(
         started: Instant::now(),
         conns: Mutex::new(Vec::new()),
     });
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout);
-    let builder = Arc::new(builder);
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -228,9 +217,9 @@ pub async fn serve<L: Accept>(
             drop(io);
             continue;
         };
-        let builder = Arc::clone(&builder);
         let registry = Arc::clone(&registry);
         let router = router.clone();
+        let limits = limits.clone();
         let mut stopped = stop.subscribe();
         let idle = limits.idle_timeout;
         tasks.spawn(async move {
@@ -250,21 +239,28 @@ pub async fn serve<L: Accept>(
                     }
                 })
             };
-            let connection =
-                builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-            tokio::pin!(connection);
+            let (executor, started) = tokio::sync::mpsc::unbounded_channel();
+            let builder = connection_builder(&limits, ConnectionStreams(executor));
+            let mut connection = WithStreams {
+                connection: Box::pin(
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(io), service),
+                ),
+                connection_done: false,
+                started,
+                streams: futures_util::stream::FuturesUnordered::new(),
+            };
             let mut closing = false;
             loop {
                 let idle_check = tokio::time::sleep(idle / 4);
                 tokio::select! {
-                    _ = connection.as_mut() => break,
+                    () = &mut connection => break,
                     () = conn.close.notified(), if !closing => {
                         closing = true;
-                        connection.as_mut().graceful_shutdown();
+                        connection.connection.as_mut().graceful_shutdown();
                     }
                     _ = stopped.wait_for(|s| *s), if !closing => {
                         closing = true;
-                        connection.as_mut().graceful_shutdown();
+                        connection.connection.as_mut().graceful_shutdown();
                     }
                     () = idle_check, if !closing => {
                         let quiet = registry.now_ms().saturating_sub(conn.last_active_ms.load(Ordering::Relaxed));
@@ -273,7 +269,7 @@ pub async fn serve<L: Accept>(
                         {
                             closing = true;
                             conn.closing.store(true, Ordering::Relaxed);
-                            connection.as_mut().graceful_shutdown();
+                            connection.connection.as_mut().graceful_shutdown();
                         }
                     }
                 }
@@ -291,6 +287,99 @@ fn descriptor_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The protocol builder of one connection, whose HTTP/2 streams run on `streams`.
+fn connection_builder(
+    limits: &ConnectionLimits,
+    streams: ConnectionStreams,
+) -> hyper_util::server::conn::auto::Builder<ConnectionStreams> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(streams);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    builder
+}
+
+type StreamFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where hyper starts a connection's HTTP/2 streams: in the connection's own task
+/// ([`WithStreams`]), not one tokio task each. With a task per stream, tokio wakes the other
+/// worker to steal stream tasks, and both workers then contend for h2's per-connection lock:
+/// that doubled the context switches and multiplied the futex calls of an empty RPC by seven
+/// (BENCHMARKS.md "Where a call's CPU goes"). Work that is heavy (decrypts, reports) leaves the
+/// task anyway, on the blocking pool; separate connections still run on separate workers.
+#[derive(Clone)]
+struct ConnectionStreams(tokio::sync::mpsc::UnboundedSender<StreamFuture>);
+
+impl<F> hyper::rt::Executor<F> for ConnectionStreams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        use futures_util::FutureExt;
+        // A panicking handler ends its stream only, as it would in a task of its own.
+        let stream = Box::pin(
+            std::panic::AssertUnwindSafe(stream)
+                .catch_unwind()
+                .map(|_| ()),
+        );
+        // Only the connection calls this, and its task holds the receiver while it runs.
+        if let Err(orphan) = self.0.send(stream) {
+            tokio::spawn(orphan.0);
+        }
+    }
+}
+
+/// A connection and the streams it started, polled together until the connection has ended
+/// and its streams have finished.
+struct WithStreams<C> {
+    connection: std::pin::Pin<Box<C>>,
+    connection_done: bool,
+    started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
+    streams: futures_util::stream::FuturesUnordered<StreamFuture>,
+}
+
+impl<C: Future> Future for WithStreams<C> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        // A stream that finished has queued its reply: poll the connection again to write it,
+        // rather than waking this task, which tokio would offer to the other worker.
+        for _ in 0..4 {
+            if !this.connection_done {
+                this.connection_done = this.connection.as_mut().poll(cx).is_ready();
+            }
+            let mut progressed = false;
+            while let Poll::Ready(Some(stream)) = this.started.poll_recv(cx) {
+                this.streams.push(stream);
+                progressed = true;
+            }
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {
+                progressed = true;
+            }
+            if this.connection_done && this.streams.is_empty() {
+                return Poll::Ready(());
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 /// The request stage of [`serve`]'s bounds, as a tower layer: the deadline, then the body
@@ -536,6 +625,18 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
+        start_with(axum::Router::new(), idle).await
+    }
+
+    /// [`start`] serving `router`.
+    async fn start_with(
+        router: axum::Router,
+        idle: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -543,7 +644,7 @@ mod tests {
             idle_timeout: idle,
             ..ConnectionLimits::grpc()
         };
-        let server = tokio::spawn(serve(listener, axum::Router::new(), limits, async move {
+        let server = tokio::spawn(serve(listener, router, limits, async move {
             let _ = stopped.await;
         }));
         (addr, stop, server)
@@ -601,5 +702,115 @@ mod tests {
             .expect("serve did not return after shutdown")
             .unwrap()
             .unwrap();
+    }
+
+    /// An HTTP/2 connection to `addr`, ready for requests.
+    async fn h2_client(addr: std::net::SocketAddr) -> h2::client::SendRequest<axum::body::Bytes> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        client.ready().await.unwrap()
+    }
+
+    /// The status of a GET of `path` sent on `client`, or the stream's error.
+    async fn get(
+        client: &mut h2::client::SendRequest<axum::body::Bytes>,
+        path: &str,
+    ) -> Result<u16, h2::Error> {
+        let request = axum::http::Request::get(format!("http://localhost{path}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true)?;
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("no response within 10 s")?;
+        Ok(response.status().as_u16())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_of_one_connection_run_side_by_side() {
+        // The first call waits for the second, on the same connection: it can only finish if
+        // the connection's streams make progress side by side.
+        let released = Arc::new(Notify::new());
+        let (waiting, releasing) = (Arc::clone(&released), Arc::clone(&released));
+        let router = axum::Router::new()
+            .route(
+                "/wait",
+                axum::routing::get(move || async move { waiting.notified().await }),
+            )
+            .route(
+                "/release",
+                axum::routing::get(move || async move { releasing.notify_one() }),
+            );
+        let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
+        let client = h2_client(addr).await;
+        let mut first = client.clone();
+        let wait = tokio::spawn(async move { get(&mut first, "/wait").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get(&mut client.clone(), "/release").await.unwrap(), 200);
+        assert_eq!(wait.await.unwrap().unwrap(), 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_call_ends_its_stream_only() {
+        let router = axum::Router::new()
+            .route(
+                "/panic",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("a handler bug");
+                    }
+                }),
+            )
+            .route("/ok", axum::routing::get(|| async {}));
+        let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
+        let mut client = h2_client(addr).await;
+        assert!(get(&mut client, "/panic").await.is_err());
+        assert_eq!(get(&mut client, "/ok").await.unwrap(), 200);
+    }
+
+    /// Notifies when dropped.
+    struct DropAlarm(Arc<Notify>);
+
+    impl Drop for DropAlarm {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_whose_client_went_away_is_dropped() {
+        let dropped = Arc::new(Notify::new());
+        let alarm = Arc::clone(&dropped);
+        let router = axum::Router::new().route(
+            "/forever",
+            axum::routing::get(move || {
+                let alarm = DropAlarm(Arc::clone(&alarm));
+                async move {
+                    let _alarm = alarm;
+                    std::future::pending::<()>().await;
+                }
+            }),
+        );
+        let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = axum::http::Request::get("http://localhost/forever")
+            .body(())
+            .unwrap();
+        let (_response, _) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let early = tokio::time::timeout(Duration::from_millis(1), dropped.notified()).await;
+        assert!(early.is_err(), "the call ended before its client went away");
+        connection.abort();
+        tokio::time::timeout(Duration::from_secs(10), dropped.notified())
+            .await
+            .expect("the call outlived its connection by 10 s");
     }
 }
