@@ -357,7 +357,8 @@ impl<C: Future> Future for WithStreams<C> {
         use std::task::Poll;
         let this = &mut *self;
         // A stream that finished has queued its reply: poll the connection again to write it,
-        // rather than waking this task, which tokio would offer to the other worker.
+        // rather than waking this task, which tokio would offer to the other worker. A few
+        // rounds at most: a connection that keeps producing work then yields to other tasks.
         for _ in 0..4 {
             if !this.connection_done {
                 this.connection_done = this.connection.as_mut().poll(cx).is_ready();
