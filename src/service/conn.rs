@@ -705,12 +705,18 @@ mod tests {
             .unwrap();
     }
 
-    /// An HTTP/2 connection to `addr`, ready for requests.
-    async fn h2_client(addr: std::net::SocketAddr) -> h2::client::SendRequest<axum::body::Bytes> {
+    /// An HTTP/2 connection to `addr`, ready for requests, and the task driving it (aborting it
+    /// drops the connection).
+    async fn h2_client(
+        addr: std::net::SocketAddr,
+    ) -> (
+        h2::client::SendRequest<axum::body::Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ) {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        client.ready().await.unwrap()
+        let connection = tokio::spawn(connection);
+        (client.ready().await.unwrap(), connection)
     }
 
     /// The status of a GET of `path` sent on `client`, or the stream's error.
@@ -744,7 +750,7 @@ mod tests {
                 axum::routing::get(move || async move { releasing.notify_one() }),
             );
         let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
-        let client = h2_client(addr).await;
+        let (client, _connection) = h2_client(addr).await;
         let mut first = client.clone();
         let wait = tokio::spawn(async move { get(&mut first, "/wait").await });
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -765,7 +771,7 @@ mod tests {
             )
             .route("/ok", axum::routing::get(|| async {}));
         let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
-        let mut client = h2_client(addr).await;
+        let (mut client, _connection) = h2_client(addr).await;
         assert!(get(&mut client, "/panic").await.is_err());
         assert_eq!(get(&mut client, "/ok").await.unwrap(), 200);
     }
@@ -794,18 +800,11 @@ mod tests {
             }),
         );
         let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        let connection = tokio::spawn(connection);
+        let (mut client, connection) = h2_client(addr).await;
         let request = axum::http::Request::get("http://localhost/forever")
             .body(())
             .unwrap();
-        let (_response, _) = client
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, true)
-            .unwrap();
+        let (_response, _) = client.send_request(request, true).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let early = tokio::time::timeout(Duration::from_millis(1), dropped.notified()).await;
         assert!(early.is_err(), "the call ended before its client went away");
