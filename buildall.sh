@@ -103,7 +103,7 @@ bench() {
   esac
   case " $parts " in *" ready "*)
     echo "== process start to health SERVING (aasp serve --attester sim)"
-    local port=$(( 53900 + RANDOM % 90 ))
+    local port=$(( 23900 + RANDOM % 90 ))
     rm -rf target/bench-ready-state
     target/release/examples/time_to_ready --target "127.0.0.1:$port" --rounds 21 -- \
       target/release/aasp serve --attester sim --state-dir target/bench-ready-state --listen "127.0.0.1:$port" | tail -1 ;;
@@ -130,7 +130,7 @@ bench_mixed() {
   local seconds=$1 threads
   echo "== mixed load: SayHello (1 client) alone, then under 4 UnWrapKey clients"
   for threads in default 0; do
-    local state=target/bench-mixed-state port=$(( 54000 + RANDOM % 800 )) flag=()
+    local state=target/bench-mixed-state port=$(( 24000 + RANDOM % 800 )) flag=()
     [ "$threads" = default ] || flag=(--decrypt-threads "$threads")
     rm -rf "$state"
     target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" "${flag[@]}" > target/bench-mixed.log 2>&1 &
@@ -150,7 +150,7 @@ bench_mixed() {
 # `aasp dev` in the background, then loadgen against it. Global pid so the EXIT trap still sees
 # it after this function returns.
 bench_dev_stack() {
-  local seconds=$1 state=target/bench-state port=$(( 53000 + RANDOM % 800 ))
+  local seconds=$1 state=target/bench-state port=$(( 23000 + RANDOM % 800 ))
   rm -rf "$state"
   target/release/aasp dev --state-dir "$state" --listen "127.0.0.1:$port" > target/bench-dev.log 2>&1 &
   bench_pid=$!

@@ -84,7 +84,7 @@ run_and_probe() {
 }
 
 test_image() {
-  local tag=$1 ctr mnt user entry port=$(( 52000 + RANDOM % 800 ))
+  local tag=$1 ctr mnt user entry port=$(( 22000 + RANDOM % 800 ))
   user=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$tag")
   entry=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$tag")
   [ "$user" = "65532:65532" ] || { echo "image test: user is '$user'" >&2; return 1; }

@@ -3,6 +3,8 @@
 #   start_dev STATE_DIR PORT
 # sets DEV_PID, GRPC (host:port), EMULATOR (https URL), MAA (host:port), CA (dev CA file);
 # stops it on exit. AASP (the binary) defaults to target/debug/aasp, building it if needed.
+# Scripts pick their ports at random below 32768: Linux hands out outgoing connections' local
+# ports from 32768-60999, so a port picked there can be taken by any client running meanwhile.
 examples_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AASP=${AASP:-$examples_root/target/debug/aasp}
 

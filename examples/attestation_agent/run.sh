@@ -9,7 +9,7 @@ venv=${VENV:-$root/target/pyvenv}
 stubs=${STUBS:-$root/target/pystubs}
 source "$root/examples/lib.sh"
 "$root/examples/python/setup.sh" "$venv" "$stubs"
-start_dev "$work/state" $(( 51800 + RANDOM % 800 ))
+start_dev "$work/state" $(( 21800 + RANDOM % 800 ))
 
 "$venv/bin/python" "$here/aa_client.py" --target "$GRPC" --stubs "$stubs" --evidence-out "$work/evidence.json"
 # The simulator's root must be trusted explicitly; on hardware AMD's embedded roots suffice.

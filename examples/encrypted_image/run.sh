@@ -11,7 +11,7 @@ root=$(cd "$here/../.." && pwd)
 work=${WORK:-$root/target/example-image}
 command -v skopeo >/dev/null || { echo "encrypted_image: skopeo is not installed (it needs keyprovider support)" >&2; exit 2; }
 source "$root/examples/lib.sh"
-start_dev "$work/state" $(( 52600 + RANDOM % 800 ))
+start_dev "$work/state" $(( 22600 + RANDOM % 800 ))
 export OCICRYPT_KEYPROVIDER_CONFIG=$work/state/ocicrypt_keyprovider.conf
 
 # A one-layer OCI image layout, made here so no registry is needed.

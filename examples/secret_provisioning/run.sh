@@ -13,7 +13,7 @@ venv=${VENV:-$root/target/pyvenv}
 stubs=${STUBS:-$root/target/pystubs}
 source "$root/examples/lib.sh"
 "$root/examples/python/setup.sh" "$venv" "$stubs"
-start_dev "$work/state" $(( 51000 + RANDOM % 800 ))
+start_dev "$work/state" $(( 21000 + RANDOM % 800 ))
 
 # 1. The key, bound to the simulated workload's security policy.
 hostdata=$("$AASP" policy digest --security-policy "$work/state/sim/security-context/security-policy-base64")

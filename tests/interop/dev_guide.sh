@@ -10,7 +10,7 @@ venv=$1
 stubs=$2
 state=$root/target/interop-guide
 source "$root/examples/lib.sh"
-port=$(( 53500 + RANDOM % 400 ))
+port=$(( 23500 + RANDOM % 400 ))
 start_dev "$state" "$port"
 rm -f /tmp/aasp-secret.annotation
 "$venv/bin/python" "$root/tests/interop/dev_guide.py" "$state.log" "$stubs" "$root"

@@ -11,7 +11,7 @@ rm -rf "$stubs" "$state"
 "$root/examples/python/setup.sh" "$venv" "$stubs"
 
 source "$root/examples/lib.sh"
-start_dev "$state" $(( 50100 + RANDOM % 800 ))
+start_dev "$state" $(( 20100 + RANDOM % 800 ))
 "$venv/bin/python" "$root/examples/python/aasp_client.py" --target "$GRPC" --keys-dir "$state/keys" --stubs "$stubs"
 
 # grpcio over a Unix socket: it sends the socket path as :authority.

@@ -15,12 +15,12 @@ rm -rf "$state"
   || "$venv/bin/pip" install --quiet --disable-pip-version-check requests
 
 source "$root/examples/lib.sh"
-start_dev "$state/dev" $(( 52900 + RANDOM % 600 ))
+start_dev "$state/dev" $(( 22900 + RANDOM % 600 ))
 
 # The sidecar's command name: a symlink named skr.sh runs `aasp skr`.
 mkdir -p "$state/bin"
 ln -sf "$AASP" "$state/bin/skr.sh"
-rest_port=$(( 51000 + RANDOM % 400 ))
+rest_port=$(( 21000 + RANDOM % 400 ))
 grpc_port=$(( rest_port + 400 ))
 certcache=$(printf '{"certcache":{"endpoint_type":"LocalTHIM","endpoint":"%s/metadata/THIM/amd/certification"}}' "$EMULATOR" | base64 -w0)
 # Only the emulator needs aasp's own settings: the simulated device (same chip as aasp dev's),
