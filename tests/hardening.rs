@@ -29,6 +29,17 @@ fn serving_uid() -> u32 {
 struct Serving {
     child: Child,
     _state: tempfile::TempDir,
+    _binary: Option<tempfile::TempDir>,
+}
+
+/// A copy of aasp that `uid` can run: the build's own path lies under the clone, which may be
+/// closed to other users (`mktemp -d` makes 0700 directories).
+fn binary_for(uid: u32) -> (std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    let binary = dir.path().join("aasp");
+    std::fs::copy(env!("CARGO_BIN_EXE_aasp"), &binary).unwrap();
+    (binary, dir)
 }
 
 impl Drop for Serving {
@@ -41,10 +52,17 @@ impl Drop for Serving {
 fn serve(extra: &[&str]) -> Serving {
     let state = tempfile::tempdir().unwrap();
     let uid = serving_uid();
-    if uid != std::fs::metadata("/proc/self").unwrap().uid() {
+    let other_user = uid != std::fs::metadata("/proc/self").unwrap().uid();
+    if other_user {
         std::os::unix::fs::chown(state.path(), Some(uid), Some(uid)).unwrap();
     }
-    let mut command = Command::new(env!("CARGO_BIN_EXE_aasp"));
+    let (binary, binary_dir) = if other_user {
+        let (binary, dir) = binary_for(uid);
+        (binary, Some(dir))
+    } else {
+        (env!("CARGO_BIN_EXE_aasp").into(), None)
+    };
+    let mut command = Command::new(binary);
     command
         .args(["serve", "--attester", "sim", "--listen", "127.0.0.1:0"])
         .args(["--state-dir", state.path().to_str().unwrap()])
@@ -52,7 +70,7 @@ fn serve(extra: &[&str]) -> Serving {
         .env_remove("AASP_ALLOW_CORE_DUMPS")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    if uid != std::fs::metadata("/proc/self").unwrap().uid() {
+    if other_user {
         command.uid(uid).gid(uid);
     }
     let mut child = command.spawn().unwrap();
@@ -66,6 +84,7 @@ fn serve(extra: &[&str]) -> Serving {
     Serving {
         child,
         _state: state,
+        _binary: binary_dir,
     }
 }
 
