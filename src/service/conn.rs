@@ -21,6 +21,7 @@
 //!   permit: they are cheap, and health must answer while the server is busy. One tower layer
 //!   with one boxed future per call: it runs on every request.
 
+use super::held_writes::{held_writes, WriteHold};
 use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -241,10 +242,13 @@ pub async fn serve<L: Accept>(
             };
             let (executor, started) = tokio::sync::mpsc::unbounded_channel();
             let builder = connection_builder(&limits, ConnectionStreams(executor));
+            let (io, writes) = held_writes(io);
             let mut connection = WithStreams {
                 connection: Box::pin(
                     builder.serve_connection(hyper_util::rt::TokioIo::new(io), service),
                 ),
+                writes,
+                replies_queued: 0,
                 connection_done: false,
                 started,
                 streams: futures_util::stream::FuturesUnordered::new(),
@@ -340,14 +344,17 @@ where
 
 /// A connection and the streams it started, polled together until the connection has ended
 /// and its streams have finished.
-struct WithStreams<C> {
+struct WithStreams<C, Io> {
     connection: std::pin::Pin<Box<C>>,
+    writes: WriteHold<Io>,
+    /// Streams finished since the connection was last polled: their replies wait in h2.
+    replies_queued: usize,
     connection_done: bool,
     started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
     streams: futures_util::stream::FuturesUnordered<StreamFuture>,
 }
 
-impl<C: Future> Future for WithStreams<C> {
+impl<C: Future, Io: tokio::io::AsyncWrite + Unpin> Future for WithStreams<C, Io> {
     type Output = ();
 
     fn poll(
@@ -361,7 +368,17 @@ impl<C: Future> Future for WithStreams<C> {
         // rounds at most: a connection that keeps producing work then yields to other tasks.
         for _ in 0..4 {
             if !this.connection_done {
+                // Several replies are queued: send them as one write (see `held_writes`). A
+                // failed send is h2's to see, on its next write; one that has to wait for the
+                // socket wakes this task.
+                let batch = std::mem::take(&mut this.replies_queued) > 1;
+                if batch {
+                    this.writes.hold();
+                }
                 this.connection_done = this.connection.as_mut().poll(cx).is_ready();
+                if batch {
+                    let _ = this.writes.release(cx);
+                }
             }
             let mut progressed = false;
             while let Poll::Ready(Some(stream)) = this.started.poll_recv(cx) {
@@ -370,6 +387,7 @@ impl<C: Future> Future for WithStreams<C> {
             }
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {
                 progressed = true;
+                this.replies_queued += 1;
             }
             if this.connection_done && this.streams.is_empty() {
                 return Poll::Ready(());
@@ -640,6 +658,19 @@ mod tests {
     ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (stop, server) = start_on(listener, router, idle);
+        (addr, stop, server)
+    }
+
+    /// [`start_with`] on `listener`.
+    fn start_on(
+        listener: impl Accept,
+        router: axum::Router,
+        idle: Duration,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let limits = ConnectionLimits {
             idle_timeout: idle,
@@ -648,7 +679,7 @@ mod tests {
         let server = tokio::spawn(serve(listener, router, limits, async move {
             let _ = stopped.await;
         }));
-        (addr, stop, server)
+        (stop, server)
     }
 
     /// Whether the server closes `stream` within 10 s (EOF or reset; a read timeout is not).
@@ -812,5 +843,133 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), dropped.notified())
             .await
             .expect("the call outlived its connection by 10 s");
+    }
+
+    /// Accepts TCP connections and counts the writes that reach their sockets.
+    struct CountingListener {
+        listener: tokio::net::TcpListener,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl Accept for CountingListener {
+        type Io = CountingIo;
+        async fn accept(&mut self) -> std::io::Result<CountingIo> {
+            let (tcp, _) = self.listener.accept().await?;
+            tcp.set_nodelay(true)?;
+            Ok(CountingIo {
+                tcp,
+                writes: Arc::clone(&self.writes),
+            })
+        }
+    }
+
+    struct CountingIo {
+        tcp: tokio::net::TcpStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl CountingIo {
+        fn count<T>(
+            &self,
+            write: std::task::Poll<std::io::Result<T>>,
+        ) -> std::task::Poll<std::io::Result<T>> {
+            if let std::task::Poll::Ready(Ok(_)) = write {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            write
+        }
+    }
+
+    impl AsyncRead for CountingIo {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingIo {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let write = std::pin::Pin::new(&mut self.tcp).poll_write(cx, data);
+            self.count(write)
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            slices: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let write = std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, slices);
+            self.count(write)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.tcp.is_write_vectored()
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_that_finish_together_leave_in_one_write() {
+        const CALLS: usize = 8;
+        // Every call waits for all of them, so they finish in the same poll of the connection.
+        // Each reply is larger than the 256 bytes up to which h2 copies a DATA frame into its
+        // own write buffer.
+        let together = Arc::new(tokio::sync::Barrier::new(CALLS));
+        let router = axum::Router::new().route(
+            "/together",
+            axum::routing::get(move || {
+                let together = Arc::clone(&together);
+                async move {
+                    together.wait().await;
+                    vec![b'x'; 1000]
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counting = CountingListener {
+            listener,
+            writes: Arc::clone(&writes),
+        };
+        let (_stop, _server) = start_on(counting, router, Duration::from_secs(120));
+        let (client, _connection) = h2_client(addr).await;
+        // The handshake's own writes (SETTINGS and its acknowledgement) are done by now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = writes.load(Ordering::SeqCst);
+        let calls: Vec<_> = (0..CALLS)
+            .map(|_| {
+                let mut client = client.clone();
+                tokio::spawn(async move { get(&mut client, "/together").await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), 200);
+        }
+        let replies_sent_in = writes.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            replies_sent_in, 1,
+            "{CALLS} replies that finished together took {replies_sent_in} writes"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod conn;
 pub mod error;
 pub mod getresource;
+mod held_writes;
 pub mod keyprovider;
 pub mod rest;
 pub mod secret_json;

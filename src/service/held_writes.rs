@@ -1,0 +1,236 @@
+//! A connection's writes, held back while its task writes the replies of calls that finished
+//! together, then sent as one write.
+//!
+//! h2 does not copy a DATA frame larger than 256 bytes into its write buffer: it writes the
+//! frame with a write (and a flush) of its own. So when several calls of one connection finish
+//! in the same poll, each reply left in its own write and TCP segment, and on loopback each
+//! such write also runs the receiving side of TCP and wakes the reader. For WrapKey at 64
+//! streams on one connection that was a tenth of the server's CPU (BENCHMARKS.md, "Where a
+//! call's CPU goes"). [`super::conn`] holds the writes of the one poll of the connection that
+//! writes such a batch, and sends them as soon as that poll returns.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// At most this much is held; a write past it first sends what is held, so order is kept.
+const HOLD_LIMIT: usize = 64 * 1024;
+
+/// The connection's I/O as the protocol sees it. Reads pass through; writes pass through too,
+/// except while [`WriteHold::hold`] is in effect.
+pub(crate) struct HeldWrites<T>(Arc<Mutex<Shared<T>>>);
+
+/// The connection task's side: hold the writes, then send them.
+pub(crate) struct WriteHold<T>(Arc<Mutex<Shared<T>>>);
+
+struct Shared<T> {
+    io: T,
+    held: Vec<u8>,
+    holding: bool,
+}
+
+/// `io`, split into the side the protocol reads and writes and the side that holds its writes.
+pub(crate) fn held_writes<T>(io: T) -> (HeldWrites<T>, WriteHold<T>) {
+    let shared = Arc::new(Mutex::new(Shared {
+        io,
+        held: Vec::new(),
+        holding: false,
+    }));
+    (HeldWrites(Arc::clone(&shared)), WriteHold(shared))
+}
+
+/// Both sides run in the connection's one task, one at a time: the lock is never contended,
+/// and a panic while it is held (in the I/O itself) leaves nothing half-done that matters.
+fn lock<T>(shared: &Mutex<Shared<T>>) -> MutexGuard<'_, Shared<T>> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T: AsyncWrite + Unpin> Shared<T> {
+    /// Writes out what is held.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..written);
+        }
+        // A batch of 64 replies may have grown it to HOLD_LIMIT: an idle connection keeps none.
+        self.held = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+
+    fn may_hold(&self, len: usize) -> bool {
+        self.holding && self.held.len() + len <= HOLD_LIMIT
+    }
+
+    /// Room for a few replies at once, rather than growing by doubling from the first.
+    fn reserve_for_batch(&mut self) {
+        if self.held.capacity() == 0 {
+            self.held.reserve(HOLD_LIMIT / 4);
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> WriteHold<T> {
+    /// From now on, writes are kept here instead of being sent.
+    pub(crate) fn hold(&self) {
+        lock(&self.0).holding = true;
+    }
+
+    /// Stops holding and sends what was held. If the socket cannot take it all now, the rest
+    /// goes first when it can: this task is woken then, and every later write waits for it.
+    pub(crate) fn release(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = lock(&self.0);
+        shared.holding = false;
+        shared.poll_send_held(cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeldWrites<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0).io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = lock(&self.0);
+        if shared.may_hold(data.len()) {
+            shared.reserve_for_batch();
+            shared.held.extend_from_slice(data);
+            return Poll::Ready(Ok(data.len()));
+        }
+        ready!(shared.poll_send_held(cx))?;
+        Pin::new(&mut shared.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = lock(&self.0);
+        let len = slices.iter().map(|s| s.len()).sum();
+        if shared.may_hold(len) {
+            shared.reserve_for_batch();
+            for slice in slices {
+                shared.held.extend_from_slice(slice);
+            }
+            return Poll::Ready(Ok(len));
+        }
+        ready!(shared.poll_send_held(cx))?;
+        Pin::new(&mut shared.io).poll_write_vectored(cx, slices)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        lock(&self.0).io.is_write_vectored()
+    }
+
+    /// While holding, a flush is complete once the bytes are held: the hold's owner sends them
+    /// when it releases, in the same poll of the connection's task.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = lock(&self.0);
+        if shared.holding {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(shared.poll_send_held(cx))?;
+        Pin::new(&mut shared.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = lock(&self.0);
+        ready!(shared.poll_send_held(cx))?;
+        Pin::new(&mut shared.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+
+    /// Records each write it is given; always ready.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.push(data.to_vec());
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn recorded(hold: &WriteHold<Recorder>) -> (Vec<Vec<u8>>, usize) {
+        let shared = lock(&hold.0);
+        (shared.io.writes.clone(), shared.io.flushes)
+    }
+
+    #[tokio::test]
+    async fn held_writes_leave_as_one_write_in_order_at_release() {
+        let (mut io, hold) = held_writes(Recorder::default());
+        hold.hold();
+        for part in [&b"one "[..], b"two ", b"three"] {
+            io.write_all(part).await.unwrap();
+            io.flush().await.unwrap();
+        }
+        assert_eq!(recorded(&hold), (vec![], 0), "nothing may leave while held");
+        poll_fn(|cx| hold.release(cx)).await.unwrap();
+        assert_eq!(recorded(&hold).0, vec![b"one two three".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn writes_pass_through_when_not_held() {
+        let (mut io, hold) = held_writes(Recorder::default());
+        io.write_all(b"a").await.unwrap();
+        io.flush().await.unwrap();
+        io.write_all(b"b").await.unwrap();
+        assert_eq!(recorded(&hold), (vec![b"a".to_vec(), b"b".to_vec()], 1));
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_limit_sends_what_is_held_first() {
+        let (mut io, hold) = held_writes(Recorder::default());
+        hold.hold();
+        let big = vec![7u8; HOLD_LIMIT];
+        io.write_all(b"first").await.unwrap();
+        io.write_all(&big).await.unwrap();
+        assert_eq!(recorded(&hold).0, vec![b"first".to_vec(), big]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_what_is_held() {
+        let (mut io, hold) = held_writes(Recorder::default());
+        hold.hold();
+        io.write_all(b"last words").await.unwrap();
+        io.shutdown().await.unwrap();
+        assert_eq!(recorded(&hold).0, vec![b"last words".to_vec()]);
+    }
+}
