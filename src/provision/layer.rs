@@ -51,7 +51,27 @@ impl AnnotationPacket {
     }
 
     pub fn to_annotation(&self) -> String {
-        STANDARD.encode(serde_json::to_vec(self).unwrap_or_default())
+        let mut json = Vec::with_capacity(self.encoded_len_hint());
+        let _ = serde_json::to_writer(&mut json, self);
+        STANDARD.encode(json)
+    }
+
+    /// Room for the packet's JSON with its names and punctuation, so that it is written without
+    /// growing its buffer again and again (a field that needs escapes still fits, after a grow).
+    pub fn encoded_len_hint(&self) -> usize {
+        const NAMES_AND_PUNCTUATION: usize = 128;
+        [
+            &self.kid,
+            &self.wrapped_data,
+            &self.iv,
+            &self.wrap_type,
+            &self.kms_endpoint,
+            &self.attester_endpoint,
+        ]
+        .iter()
+        .map(|field| field.len())
+        .sum::<usize>()
+            + NAMES_AND_PUNCTUATION
     }
 }
 

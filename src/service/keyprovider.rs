@@ -333,7 +333,8 @@ async fn wrap_key(
         .provisioner
         .wrap_layer_key(&resolved, &optsdata)
         .await?;
-    let annotation = serde_json::to_vec(&packet)
+    let mut annotation = Vec::with_capacity(packet.encoded_len_hint());
+    serde_json::to_writer(&mut annotation, &packet)
         .map_err(|e| ServiceError::invalid(format!("cannot encode the annotation: {e}")))?;
     Ok(output(form, &annotation, &[]))
 }
