@@ -80,12 +80,15 @@ impl<T: AsyncWrite + Unpin> WriteHold<T> {
         lock(&self.0).holding = true;
     }
 
-    /// Stops holding and sends what was held. If the socket cannot take it all now, the rest
-    /// goes first when it can: this task is woken then, and every later write waits for it.
+    /// Stops holding and sends what was held, flushing the stream beneath (h2's own flushes
+    /// were answered while holding; a TLS stream would otherwise keep the records it made). If
+    /// the socket cannot take it all now, the rest goes first when it can: this task is woken
+    /// then, and every later write waits for it.
     pub(crate) fn release(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut shared = lock(&self.0);
         shared.holding = false;
-        shared.poll_send_held(cx)
+        ready!(shared.poll_send_held(cx))?;
+        Pin::new(&mut shared.io).poll_flush(cx)
     }
 }
 
@@ -223,6 +226,40 @@ mod tests {
         io.write_all(b"first").await.unwrap();
         io.write_all(&big).await.unwrap();
         assert_eq!(recorded(&hold).0, vec![b"first".to_vec(), big]);
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_cannot_take_goes_first_when_it_can() {
+        let (socket, mut peer) = tokio::io::duplex(8);
+        let (mut io, hold) = held_writes(socket);
+        hold.hold();
+        io.write_all(b"held: sixteen by").await.unwrap();
+        assert!(
+            poll_fn(|cx| Poll::Ready(hold.release(cx)))
+                .await
+                .is_pending(),
+            "an 8-byte pipe took 16 bytes"
+        );
+        let (mut io, reader) = (
+            tokio::spawn(async move {
+                io.write_all(b"; later").await.unwrap();
+                io.flush().await.unwrap();
+                io
+            }),
+            tokio::spawn(async move {
+                let mut got = vec![0u8; 23];
+                tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+                    .await
+                    .unwrap();
+                got
+            }),
+        );
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("the held bytes were never sent")
+            .unwrap();
+        assert_eq!(got, b"held: sixteen by; later");
+        (&mut io).await.unwrap();
     }
 
     #[tokio::test]
