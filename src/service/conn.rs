@@ -39,6 +39,11 @@ pub struct ConnectionLimits {
     pub max_concurrent_streams: u32,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// How long a connection asked to close (idle, evicted, shutting down) may take to finish
+    /// before it is dropped. A peer that stops reading would otherwise hold it, and its
+    /// descriptor, forever: its GOAWAY never leaves, and a closing connection is no longer
+    /// counted against `max_connections`.
+    pub closing_grace: Duration,
 }
 
 impl ConnectionLimits {
@@ -54,6 +59,8 @@ impl ConnectionLimits {
             max_concurrent_streams: 100,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            // Long enough for any call to end on its own deadline.
+            closing_grace: super::RPC_DEADLINE,
         }
     }
 
@@ -254,10 +261,20 @@ pub async fn serve<L: Accept>(
                 streams: futures_util::stream::FuturesUnordered::new(),
             };
             let mut closing = false;
+            let closing_deadline = tokio::time::sleep(limits.closing_grace);
+            tokio::pin!(closing_deadline);
             loop {
                 let idle_check = tokio::time::sleep(idle / 4);
+                let was_closing = closing;
                 tokio::select! {
                     () = &mut connection => break,
+                    () = &mut closing_deadline, if closing => {
+                        tracing::warn!(
+                            grace = ?limits.closing_grace,
+                            "connection dropped: it did not finish closing in time (a peer that stops reading)"
+                        );
+                        break;
+                    }
                     () = conn.close.notified(), if !closing => {
                         closing = true;
                         connection.connection.as_mut().graceful_shutdown();
@@ -276,6 +293,11 @@ pub async fn serve<L: Accept>(
                             connection.connection.as_mut().graceful_shutdown();
                         }
                     }
+                }
+                if closing && !was_closing {
+                    closing_deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + limits.closing_grace);
                 }
             }
             registry.remove(&conn);
@@ -1004,5 +1026,66 @@ mod tests {
             replies_sent_in, 1,
             "{CALLS} replies that finished together took {replies_sent_in} writes"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_stops_reading_cannot_hold_a_closing_connection() {
+        static CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
+        // 64 MiB, far more than the two sockets' buffers hold.
+        let router = axum::Router::new().route(
+            "/flood",
+            axum::routing::get(|| async {
+                let chunks = futures_util::stream::repeat_with(|| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from_static(&CHUNK))
+                })
+                .take(1024);
+                axum::body::Body::from_stream(chunks)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            closing_grace: Duration::from_millis(300),
+            ..ConnectionLimits::grpc()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, limits, async move {
+            let _ = stopped.await;
+        }));
+        // A raw HTTP/2 client that opens every flow-control window, asks for the flood and
+        // never reads: the server's writes stop once the socket buffers are full.
+        let mut peer = std::net::TcpStream::connect(addr).unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS: INITIAL_WINDOW_SIZE = 2^31 - 1.
+        hello.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 0x4, 0x7f, 0xff, 0xff, 0xff]);
+        // WINDOW_UPDATE on the connection: + 2^31 - 2^16.
+        hello.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0x7f, 0xff, 0, 0]);
+        // HEADERS on stream 1, END_STREAM | END_HEADERS: GET http://localhost/flood (HPACK:
+        // indexed :method GET and :scheme http, literal :path and :authority).
+        let mut block = vec![0x82, 0x86, 0x04, 6];
+        block.extend_from_slice(b"/flood");
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"localhost");
+        hello.extend_from_slice(&[
+            0,
+            0,
+            u8::try_from(block.len()).unwrap(),
+            0x1,
+            0x5,
+            0,
+            0,
+            0,
+            1,
+        ]);
+        hello.extend_from_slice(&block);
+        std::io::Write::write_all(&mut peer, &hello).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the connection whose peer stopped reading held serve's shutdown for 10 s")
+            .unwrap()
+            .unwrap();
+        drop(peer);
     }
 }
