@@ -259,6 +259,10 @@ pub async fn serve<L: Accept>(
                 connection_done: false,
                 started,
                 streams: futures_util::stream::FuturesUnordered::new(),
+                waker: Arc::new(PollWaker {
+                    state: std::sync::atomic::AtomicU8::new(WAKER_IDLE),
+                    task: futures_util::task::AtomicWaker::new(),
+                }),
             };
             let mut closing = false;
             let closing_deadline = tokio::time::sleep(limits.closing_grace);
@@ -374,6 +378,48 @@ struct WithStreams<C, Io> {
     connection_done: bool,
     started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
     streams: futures_util::stream::FuturesUnordered<StreamFuture>,
+    waker: Arc<PollWaker>,
+}
+
+/// The waker the connection and its streams are polled with. h2, the stream channel and the
+/// streams wake the task while it is polling them (a reply queued, a stream started); passed
+/// on, such a wake makes tokio run the task again at once as a yield, and a yield wakes the
+/// other worker to steal it. Noted instead, it is one more round of the poll under way.
+struct PollWaker {
+    state: std::sync::atomic::AtomicU8,
+    task: futures_util::task::AtomicWaker,
+}
+
+const WAKER_IDLE: u8 = 0;
+const WAKER_POLLING: u8 = 1;
+const WAKER_WOKEN: u8 = 2;
+
+impl futures_util::task::ArcWake for PollWaker {
+    fn wake_by_ref(arc: &Arc<Self>) {
+        loop {
+            match arc.state.load(Ordering::Acquire) {
+                WAKER_POLLING => {
+                    if arc
+                        .state
+                        .compare_exchange(
+                            WAKER_POLLING,
+                            WAKER_WOKEN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                WAKER_WOKEN => return,
+                _ => {
+                    arc.task.wake();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl<C: Future, Io: tokio::io::AsyncWrite + Unpin> Future for WithStreams<C, Io> {
@@ -381,10 +427,14 @@ impl<C: Future, Io: tokio::io::AsyncWrite + Unpin> Future for WithStreams<C, Io>
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        task: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         use std::task::Poll;
         let this = &mut *self;
+        this.waker.task.register(task.waker());
+        this.waker.state.store(WAKER_POLLING, Ordering::Release);
+        let waker = futures_util::task::waker(Arc::clone(&this.waker));
+        let cx = &mut std::task::Context::from_waker(&waker);
         // A stream that finished has queued its reply: poll the connection again to write it,
         // rather than waking this task, which tokio would offer to the other worker. A few
         // rounds at most: a connection that keeps producing work then yields to other tasks.
@@ -415,13 +465,28 @@ impl<C: Future, Io: tokio::io::AsyncWrite + Unpin> Future for WithStreams<C, Io>
                 // h2's close path sends what is held (a shutdown); an ending on an error or
                 // the peer's EOF may not: one last try, for a peer that still reads.
                 let _ = this.writes.release(cx);
+                this.waker.state.store(WAKER_IDLE, Ordering::Release);
                 return Poll::Ready(());
             }
-            if !progressed {
+            // Done unless something woke the task meanwhile: then it is one more round.
+            if !progressed
+                && this
+                    .waker
+                    .state
+                    .compare_exchange(
+                        WAKER_POLLING,
+                        WAKER_IDLE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
                 return Poll::Pending;
             }
+            this.waker.state.store(WAKER_POLLING, Ordering::Release);
         }
-        cx.waker().wake_by_ref();
+        this.waker.state.store(WAKER_IDLE, Ordering::Release);
+        task.waker().wake_by_ref();
         Poll::Pending
     }
 }
@@ -1087,5 +1152,106 @@ mod tests {
             .unwrap()
             .unwrap();
         drop(peer);
+    }
+
+    /// A connection that wakes its own task while being polled, as h2 does when a stream
+    /// queues a reply, the first `self_wakes` times; keeps the last waker it was given.
+    struct SelfWaking {
+        polls: usize,
+        self_wakes: usize,
+        waker: Arc<Mutex<Option<std::task::Waker>>>,
+    }
+
+    impl Future for SelfWaking {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            self.polls += 1;
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.polls <= self.self_wakes {
+                cx.waker().wake_by_ref();
+            }
+            std::task::Poll::Pending
+        }
+    }
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl futures_util::task::ArcWake for CountingWaker {
+        fn wake_by_ref(arc: &Arc<Self>) {
+            arc.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn with_streams(connection: SelfWaking) -> WithStreams<SelfWaking, tokio::io::Sink> {
+        let (_, started) = tokio::sync::mpsc::unbounded_channel();
+        WithStreams {
+            connection: Box::pin(connection),
+            writes: held_writes(tokio::io::sink()).1,
+            replies_queued: 0,
+            connection_done: false,
+            started,
+            streams: futures_util::stream::FuturesUnordered::new(),
+            waker: Arc::new(PollWaker {
+                state: std::sync::atomic::AtomicU8::new(WAKER_IDLE),
+                task: futures_util::task::AtomicWaker::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_wake_during_the_poll_is_another_round_not_another_poll() {
+        let latest = Arc::new(Mutex::new(None));
+        let mut connection = with_streams(SelfWaking {
+            polls: 0,
+            self_wakes: 1,
+            waker: Arc::clone(&latest),
+        });
+        let task = Arc::new(CountingWaker::default());
+        let waker = futures_util::task::waker(Arc::clone(&task));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut connection)
+            .poll(&mut cx)
+            .is_pending());
+        assert_eq!(
+            connection.connection.polls, 2,
+            "the wake did not lead to a second round"
+        );
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            0,
+            "a wake from inside the poll reached the task: tokio would run it again as a yield"
+        );
+        // A wake after the poll (the socket, a timer) must reach the task.
+        latest.lock().unwrap().take().unwrap().wake();
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            1,
+            "a wake after the poll was lost"
+        );
+    }
+
+    #[test]
+    fn a_connection_that_keeps_waking_itself_yields_after_four_rounds() {
+        let mut connection = with_streams(SelfWaking {
+            polls: 0,
+            self_wakes: usize::MAX,
+            waker: Arc::new(Mutex::new(None)),
+        });
+        let task = Arc::new(CountingWaker::default());
+        let waker = futures_util::task::waker(Arc::clone(&task));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut connection)
+            .poll(&mut cx)
+            .is_pending());
+        assert_eq!(connection.connection.polls, 4);
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            1,
+            "it must be polled again later"
+        );
     }
 }
