@@ -250,20 +250,11 @@ pub async fn serve<L: Accept>(
             let (executor, started) = tokio::sync::mpsc::unbounded_channel();
             let builder = connection_builder(&limits, ConnectionStreams(executor));
             let (io, writes) = held_writes(io);
-            let mut connection = WithStreams {
-                connection: Box::pin(
-                    builder.serve_connection(hyper_util::rt::TokioIo::new(io), service),
-                ),
+            let mut connection = WithStreams::new(
+                builder.serve_connection(hyper_util::rt::TokioIo::new(io), service),
                 writes,
-                replies_queued: 0,
-                connection_done: false,
                 started,
-                streams: futures_util::stream::FuturesUnordered::new(),
-                waker: Arc::new(PollWaker {
-                    state: std::sync::atomic::AtomicU8::new(WAKER_IDLE),
-                    task: futures_util::task::AtomicWaker::new(),
-                }),
-            };
+            );
             let mut closing = false;
             let closing_deadline = tokio::time::sleep(limits.closing_grace);
             tokio::pin!(closing_deadline);
@@ -379,6 +370,27 @@ struct WithStreams<C, Io> {
     started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
     streams: futures_util::stream::FuturesUnordered<StreamFuture>,
     waker: Arc<PollWaker>,
+}
+
+impl<C, Io> WithStreams<C, Io> {
+    fn new(
+        connection: C,
+        writes: WriteHold<Io>,
+        started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
+    ) -> Self {
+        WithStreams {
+            connection: Box::pin(connection),
+            writes,
+            replies_queued: 0,
+            connection_done: false,
+            started,
+            streams: futures_util::stream::FuturesUnordered::new(),
+            waker: Arc::new(PollWaker {
+                state: std::sync::atomic::AtomicU8::new(WAKER_IDLE),
+                task: futures_util::task::AtomicWaker::new(),
+            }),
+        }
+    }
 }
 
 /// The waker the connection and its streams are polled with. h2, the stream channel and the
@@ -1188,18 +1200,16 @@ mod tests {
 
     fn with_streams(connection: SelfWaking) -> WithStreams<SelfWaking, tokio::io::Sink> {
         let (_, started) = tokio::sync::mpsc::unbounded_channel();
-        WithStreams {
-            connection: Box::pin(connection),
-            writes: held_writes(tokio::io::sink()).1,
-            replies_queued: 0,
-            connection_done: false,
-            started,
-            streams: futures_util::stream::FuturesUnordered::new(),
-            waker: Arc::new(PollWaker {
-                state: std::sync::atomic::AtomicU8::new(WAKER_IDLE),
-                task: futures_util::task::AtomicWaker::new(),
-            }),
-        }
+        WithStreams::new(connection, held_writes(tokio::io::sink()).1, started)
+    }
+
+    /// Polls `connection` once, with a waker that counts its wakes; it must be pending.
+    fn poll_once(connection: &mut WithStreams<SelfWaking, tokio::io::Sink>) -> Arc<CountingWaker> {
+        let task = Arc::new(CountingWaker::default());
+        let waker = futures_util::task::waker(Arc::clone(&task));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(connection).poll(&mut cx).is_pending());
+        task
     }
 
     #[test]
@@ -1210,12 +1220,7 @@ mod tests {
             self_wakes: 1,
             waker: Arc::clone(&latest),
         });
-        let task = Arc::new(CountingWaker::default());
-        let waker = futures_util::task::waker(Arc::clone(&task));
-        let mut cx = std::task::Context::from_waker(&waker);
-        assert!(std::pin::Pin::new(&mut connection)
-            .poll(&mut cx)
-            .is_pending());
+        let task = poll_once(&mut connection);
         assert_eq!(
             connection.connection.polls, 2,
             "the wake did not lead to a second round"
@@ -1241,12 +1246,7 @@ mod tests {
             self_wakes: usize::MAX,
             waker: Arc::new(Mutex::new(None)),
         });
-        let task = Arc::new(CountingWaker::default());
-        let waker = futures_util::task::waker(Arc::clone(&task));
-        let mut cx = std::task::Context::from_waker(&waker);
-        assert!(std::pin::Pin::new(&mut connection)
-            .poll(&mut cx)
-            .is_pending());
+        let task = poll_once(&mut connection);
         assert_eq!(connection.connection.polls, 4);
         assert_eq!(
             task.0.load(Ordering::SeqCst),
