@@ -3,14 +3,15 @@
 //!
 //! `cargo bench --bench warm_unwrap` starts the development stack in this process twice
 //! (emulator, simulated SNP, server on 127.0.0.1:0): once as `aasp serve` runs by default
-//! (decrypts on the blocking pool, `--decrypt-threads` = CPUs) and once with
-//! `--decrypt-threads 0` (decrypt on the async worker that took the call). Each wraps a layer
+//! (`--decrypt-threads` = CPUs: a call alone on its connection decrypts in place while another
+//! worker is free, other decrypts go to the blocking pool) and once with `--decrypt-threads 0`
+//! (every decrypt on the async worker that took the call). Each wraps a layer
 //! key for the demo RSA-3072 key and unwraps it once (the cold release); then this times:
 //! - `bare_decrypt`: aws-lc RSA-OAEP-SHA256 decrypt with the released key the server caches;
 //! - `library_unwrap`: `provision::layer::unwrap_with`, the server's decrypt step (base64 of
 //!   the packet, zeroized output) without gRPC;
 //! - `provisioner_unwrap`: `Provisioner::unwrap_layer_key`, adding the released-key cache
-//!   lookup and the hand-off to the decrypt pool;
+//!   lookup and the hand-off to the decrypt pool (as for a call that shares its connection);
 //! - `empty_rpc`: SayHello, one gRPC round trip doing nothing;
 //! - `grpc_unwrap_key`: the whole UnWrapKey call, JSON in and out, key from the cache;
 //! - `grpc_unwrap_key_inline`: the same against the `--decrypt-threads 0` server.
@@ -23,8 +24,8 @@
 //! single-threaded runtime driven by the benchmark thread, so that no client task ever runs on
 //! (or queues behind) a server worker — a real client is another process. The denominator's
 //! empty RPC goes through the same client, connection and server, so the ratio measures what
-//! the server adds around the decrypt: JSON, base64, the cache lookup, the hand-off to the
-//! decrypt thread and the wake-ups that brings.
+//! the server adds around the decrypt: JSON, base64, the cache lookup, and the wake-ups of
+//! wherever the decrypt runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../examples/common/process_cpu.rs"]
@@ -34,6 +35,7 @@ use process_cpu::process_cpu_ns;
 use aasp::cli::dev::{self, EmulatorOptions, DEMO_RSA_KEY};
 use aasp::proto::keyprovider::key_provider_service_client::KeyProviderServiceClient as Client;
 use aasp::proto::keyprovider::{HelloRequest, KeyProviderKeyWrapProtocolInput};
+use aasp::provision::decrypt::Caller;
 use aasp::provision::layer::{unwrap_with, AnnotationPacket};
 use aasp::provision::KeyRef;
 use aasp::provision::ReleasedKey;
@@ -235,7 +237,7 @@ fn bench(c: &mut Criterion, f: &Fixture) {
     group.bench_function("provisioner_unwrap", |b| {
         b.iter(|| {
             f.server
-                .block_on(provisioner.unwrap_layer_key(black_box(&f.pooled.packet)))
+                .block_on(provisioner.unwrap_layer_key(black_box(&f.pooled.packet), Caller::Shared))
                 .unwrap()
         })
     });

@@ -66,7 +66,7 @@ pub const AASP_TTRPC_LISTEN: &str = "AASP_TTRPC_LISTEN";
 pub const AASP_CONFIG: &str = "AASP_CONFIG";
 /// `--log-format`: `text` or `json`.
 pub const AASP_LOG_FORMAT: &str = "AASP_LOG_FORMAT";
-/// `--decrypt-threads`: layer-key decrypts at once on the blocking pool (0 = on the async worker).
+/// `--decrypt-threads`: layer-key decrypts at once off the async workers (0 = on the async worker).
 pub const AASP_DECRYPT_THREADS: &str = "AASP_DECRYPT_THREADS";
 /// `--transfer-key-rotation`: seconds between transfer-key rotations (0 = never).
 pub const AASP_TRANSFER_KEY_ROTATION: &str = "AASP_TRANSFER_KEY_ROTATION";

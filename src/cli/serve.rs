@@ -81,8 +81,9 @@ pub struct BackendArgs {
     #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600)]
     pub transfer_key_rotation: u64,
     /// Layer-key RSA decrypts that may run at once, on threads of their own so that they do not
-    /// hold up other calls; 0 runs each inside the call's connection, holding up that
-    /// connection's other calls for the decrypt [default: the number of CPUs].
+    /// hold up other calls (a call alone on its connection decrypts in place while another
+    /// worker is free); 0 runs each inside the call's connection, holding up that connection's
+    /// other calls for the decrypt [default: the number of CPUs].
     #[arg(long, env = env::AASP_DECRYPT_THREADS, value_name = "N")]
     pub decrypt_threads: Option<usize>,
     #[command(flatten)]

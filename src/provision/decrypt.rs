@@ -9,16 +9,46 @@
 //! 2–3x lower with the blocking pool, and a single warm UnWrapKey no slower (BENCHMARKS.md
 //! "Warm UnWrapKey"). `threads = 0` keeps the decrypt on the worker that took the call (the old
 //! placement, kept to measure against).
-
+//!
+//! The hand-off has a price: two thread wake-ups, each through the hypervisor on a VM whose idle
+//! vCPUs halt (40–65 µs of wall time, ~55 µs of CPU per call, BENCHMARKS.md "Hand-off"). It buys
+//! nothing when nobody waits behind the decrypt. So a caller that is [`Caller::Alone`] in its task
+//! (a connection with no other call in flight) decrypts in place, as long as another worker stays
+//! free for the rest of the process: at most `workers - 1` such decrypts at once, each also holding
+//! one of the `threads` permits, and never on a runtime with one worker.
 use super::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What a decrypt in the caller's own task would hold up besides the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Nothing: the task serves this call only.
+    Alone,
+    /// Other work may share the task (other calls of the connection), or the caller cannot tell.
+    Shared,
+}
 
 /// Runs CPU-heavy private-key operations off the async workers, bounded.
 #[derive(Debug, Clone)]
 pub struct DecryptPool {
     /// `None`: run inline on the calling worker.
     permits: Option<Arc<Semaphore>>,
+    /// Decrypts running in place on a worker (for [`Caller::Alone`]).
+    in_place: Arc<AtomicUsize>,
+}
+
+/// A decrypt's right to run on the worker that took its call; freed when dropped.
+struct InPlace {
+    running: Arc<AtomicUsize>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl DecryptPool {
@@ -26,6 +56,7 @@ impl DecryptPool {
     pub fn new(threads: usize) -> Self {
         DecryptPool {
             permits: (threads > 0).then(|| Arc::new(Semaphore::new(threads))),
+            in_place: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -34,10 +65,11 @@ impl DecryptPool {
         Self::new(std::thread::available_parallelism().map_or(1, usize::from))
     }
 
-    /// Runs `op`, off the async worker unless this pool is inline. A caller that goes away
-    /// while `op` runs does not free its slot early: the permit lives with the operation, and
-    /// the result (a zeroizing type for key material) is dropped there.
-    pub async fn run<T, F>(&self, op: F) -> Result<T>
+    /// Runs `op`, off the async worker unless this pool is inline or `caller` is alone and a
+    /// worker to spare is free (see the module's notes). A caller that goes away while `op`
+    /// runs does not free its slot early: the permit lives with the operation, and the result
+    /// (a zeroizing type for key material) is dropped there.
+    pub async fn run<T, F>(&self, caller: Caller, op: F) -> Result<T>
     where
         F: FnOnce() -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -45,6 +77,11 @@ impl DecryptPool {
         let Some(permits) = &self.permits else {
             return op();
         };
+        if caller == Caller::Alone {
+            if let Some(_in_place) = self.in_place(permits) {
+                return op();
+            }
+        }
         // The semaphore is never closed; an error would mean it was.
         let permit = Arc::clone(permits)
             .acquire_owned()
@@ -65,33 +102,68 @@ impl DecryptPool {
             // Cancelled at runtime shutdown (the closures here do not panic).
             .map_err(|e| Error::Stopped(format!("the decrypt did not run: {e}")))?
     }
+
+    /// A slot to decrypt on this worker, if another worker stays free meanwhile and a permit is
+    /// free now (waiting for one is the pool's FIFO queue's job).
+    fn in_place(&self, permits: &Arc<Semaphore>) -> Option<InPlace> {
+        let workers = tokio::runtime::Handle::try_current()
+            .ok()?
+            .metrics()
+            .num_workers();
+        let running = self.in_place.fetch_add(1, Ordering::AcqRel);
+        if running + 1 < workers {
+            if let Ok(permit) = Arc::clone(permits).try_acquire_owned() {
+                return Some(InPlace {
+                    running: Arc::clone(&self.in_place),
+                    _permit: permit,
+                });
+            }
+        }
+        self.in_place.fetch_sub(1, Ordering::AcqRel);
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::thread::ThreadId;
 
-    /// Runs 8 operations at once through `pool` on a current-thread runtime; returns the most
-    /// that ran at the same time and the threads they ran on.
-    fn run_eight(pool: DecryptPool) -> (usize, Vec<ThreadId>) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    fn runtime(workers: usize) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs 8 operations at once through `pool`, each from a task of its own on a runtime with
+    /// `workers` workers; returns the most that ran at the same time and, for each, the thread
+    /// of its task and the thread it ran on.
+    fn run_eight(
+        pool: &DecryptPool,
+        caller: Caller,
+        workers: usize,
+    ) -> (usize, Vec<(ThreadId, ThreadId)>) {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let threads = runtime.block_on(async {
+        let threads = runtime(workers).block_on(async {
             let calls = (0..8).map(|_| {
-                let (running, most) = (Arc::clone(&running), Arc::clone(&most));
-                pool.run(move || {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    // Long enough for unbounded operations to overlap.
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    Ok(std::thread::current().id())
+                let (running, most, pool) = (Arc::clone(&running), Arc::clone(&most), pool.clone());
+                tokio::spawn(async move {
+                    let task = std::thread::current().id();
+                    let ran_on = pool
+                        .run(caller, move || {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            // Long enough for unbounded operations to overlap.
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            Ok(std::thread::current().id())
+                        })
+                        .await
+                        .unwrap();
+                    (task, ran_on)
                 })
             });
             futures_util::future::join_all(calls).await
@@ -100,30 +172,91 @@ mod tests {
         (most.load(Ordering::SeqCst), threads)
     }
 
+    fn in_place(threads: &[(ThreadId, ThreadId)]) -> usize {
+        threads
+            .iter()
+            .filter(|(task, ran_on)| task == ran_on)
+            .count()
+    }
+
     #[test]
-    fn decrypts_run_off_the_runtime_thread_at_most_n_at_once() {
-        let me = std::thread::current().id();
+    fn decrypts_run_off_the_workers_at_most_n_at_once() {
         for n in [1, 2] {
-            let (most, threads) = run_eight(DecryptPool::new(n));
+            let (most, threads) = run_eight(&DecryptPool::new(n), Caller::Shared, 2);
             assert!(most <= n, "{most} decrypts ran at once with {n} threads");
-            assert!(threads.iter().all(|t| *t != me), "a decrypt ran inline");
+            assert_eq!(
+                in_place(&threads),
+                0,
+                "a shared caller's decrypt ran in place"
+            );
         }
+    }
+
+    #[test]
+    fn a_lone_caller_decrypts_in_place_while_a_worker_stays_free() {
+        let pool = DecryptPool::new(2);
+        let ran = runtime(2).block_on(async {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let task = std::thread::current().id();
+                let ran_on = pool.run(Caller::Alone, || Ok(std::thread::current().id()));
+                (task, ran_on.await.unwrap())
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(
+            in_place(&[ran]),
+            1,
+            "a lone caller's decrypt left its worker"
+        );
+        assert_eq!(
+            pool.in_place.load(Ordering::SeqCst),
+            0,
+            "its slot was not freed"
+        );
+    }
+
+    #[test]
+    fn in_place_decrypts_leave_a_worker_free() {
+        // Two workers, two lone callers whose decrypts wait for each other: one runs in place,
+        // the other on the pool (both in place would hold both workers).
+        let pool = DecryptPool::new(2);
+        let both = Arc::new(std::sync::Barrier::new(2));
+        let threads = runtime(2).block_on(async {
+            let calls = (0..2).map(|_| {
+                let (pool, both) = (pool.clone(), Arc::clone(&both));
+                tokio::spawn(async move {
+                    let task = std::thread::current().id();
+                    let ran_on = pool.run(Caller::Alone, move || {
+                        both.wait();
+                        Ok(std::thread::current().id())
+                    });
+                    (task, ran_on.await.unwrap())
+                })
+            });
+            futures_util::future::join_all(calls).await
+        });
+        let threads: Vec<_> = threads.into_iter().map(Result::unwrap).collect();
+        assert_eq!(in_place(&threads), 1);
+    }
+
+    #[test]
+    fn in_place_decrypts_count_against_the_threads() {
+        let (most, _) = run_eight(&DecryptPool::new(1), Caller::Alone, 3);
+        assert_eq!(most, 1, "decrypts in place ignored --decrypt-threads");
     }
 
     /// On a server runtime with one worker: while a decrypt runs, another task on that worker
     /// still runs (with the decrypt inline it would wait for it).
-    fn other_task_runs_during_decrypt(pool: DecryptPool) -> bool {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+    fn other_task_runs_during_decrypt(pool: DecryptPool, caller: Caller) -> bool {
+        let runtime = runtime(1);
         let decrypting = Arc::new(std::sync::Barrier::new(2));
         let (done_tx, done_rx) = std::sync::mpsc::channel::<&str>();
         runtime.block_on(async {
             let (barrier, done) = (Arc::clone(&decrypting), done_tx.clone());
             let decrypt = tokio::spawn(async move {
-                pool.run(move || {
+                pool.run(caller, move || {
                     barrier.wait();
                     std::thread::sleep(std::time::Duration::from_millis(300));
                     Ok(())
@@ -145,17 +278,26 @@ mod tests {
     }
 
     #[test]
-    fn a_decrypt_does_not_hold_the_worker() {
-        assert!(other_task_runs_during_decrypt(DecryptPool::new(1)));
-        assert!(!other_task_runs_during_decrypt(DecryptPool::new(0)));
+    fn a_decrypt_does_not_hold_the_only_worker() {
+        assert!(other_task_runs_during_decrypt(
+            DecryptPool::new(1),
+            Caller::Shared
+        ));
+        assert!(other_task_runs_during_decrypt(
+            DecryptPool::new(1),
+            Caller::Alone
+        ));
+        assert!(!other_task_runs_during_decrypt(
+            DecryptPool::new(0),
+            Caller::Shared
+        ));
     }
 
     #[test]
-    fn zero_threads_runs_inline() {
-        let me = std::thread::current().id();
-        let (most, threads) = run_eight(DecryptPool::new(0));
-        assert_eq!(most, 1);
-        assert!(threads.iter().all(|t| *t == me));
+    fn zero_threads_runs_in_place() {
+        let (most, threads) = run_eight(&DecryptPool::new(0), Caller::Shared, 2);
+        assert!(most <= 2, "{most} decrypts ran at once on two workers");
+        assert_eq!(in_place(&threads), 8);
     }
 
     #[test]
@@ -164,7 +306,9 @@ mod tests {
             .build()
             .unwrap();
         let err = runtime
-            .block_on(DecryptPool::new(1).run(|| -> Result<()> { Err(Error::Invalid("x".into())) }))
+            .block_on(DecryptPool::new(1).run(Caller::Shared, || -> Result<()> {
+                Err(Error::Invalid("x".into()))
+            }))
             .unwrap_err();
         assert!(matches!(err, Error::Invalid(_)));
     }

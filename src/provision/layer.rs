@@ -8,6 +8,7 @@
 
 use crate::azure::jwk::{Jwk, KeyFamily};
 use crate::azure::Error as AzureError;
+use crate::provision::decrypt::Caller;
 use crate::provision::{invalid, Error, KeyRef, Provisioner, ReleasedKey, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -229,8 +230,13 @@ impl Provisioner {
         wrap_with(resolved, &released.jwk, layer_key)
     }
 
-    /// Unwraps a layer key: secure key release of the packet's key, then decrypt.
-    pub async fn unwrap_layer_key(&self, packet: &AnnotationPacket) -> Result<Zeroizing<Vec<u8>>> {
+    /// Unwraps a layer key: secure key release of the packet's key, then decrypt, in the
+    /// caller's task if `caller` is alone in it (see `decrypt`).
+    pub async fn unwrap_layer_key(
+        &self,
+        packet: &AnnotationPacket,
+        caller: Caller,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         if packet.kms_endpoint.is_empty()
             && packet.attester_endpoint.is_empty()
             && super::kbs::is_kbs_key_id(&packet.kid)
@@ -253,11 +259,11 @@ impl Provisioner {
             // AES-GCM of a few bytes: cheaper than handing it to another thread.
             return unwrap_with(packet, &released);
         }
-        // The RSA private-key operation (~0.7 ms for RSA-3072) goes where it does not hold
-        // an async worker (see `decrypt`). The packet, a few short strings, is cloned for it.
+        // The RSA private-key operation (~0.7 ms for RSA-3072) goes where it holds up nobody
+        // (see `decrypt`). The packet, a few short strings, is cloned for it.
         let packet = packet.clone();
         self.decrypt
-            .run(move || unwrap_with(&packet, &released))
+            .run(caller, move || unwrap_with(&packet, &released))
             .await
     }
 }

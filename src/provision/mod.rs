@@ -317,8 +317,9 @@ impl Provisioner {
         })
     }
 
-    /// At most `threads` layer-key decrypts at once, on the blocking pool; 0 runs them inline,
-    /// in the task that asked. The default is one per CPU (see `decrypt`).
+    /// At most `threads` layer-key decrypts at once, on the blocking pool (or in place for a
+    /// caller alone in its task); 0 runs them all inline, in the task that asked. The default
+    /// is one per CPU (see `decrypt`).
     pub fn with_decrypt_threads(mut self, threads: usize) -> Self {
         self.decrypt = decrypt::DecryptPool::new(threads);
         self

@@ -129,6 +129,18 @@ impl Registry {
     }
 }
 
+/// The calls in flight on a request's connection, as a request extension: whether a handler's
+/// task has the connection to itself (a connection's streams share its task, [`WithStreams`]).
+#[derive(Clone)]
+pub struct ConnectionCalls(Arc<Conn>);
+
+impl ConnectionCalls {
+    /// Whether this request is the only call in flight on its connection.
+    pub fn alone(&self) -> bool {
+        self.0.in_flight.load(Ordering::Acquire) == 1
+    }
+}
+
 /// Marks a request in flight on its connection until dropped.
 struct InFlight {
     conn: Arc<Conn>,
@@ -234,8 +246,9 @@ pub async fn serve<L: Accept>(
             let service = {
                 let conn = Arc::clone(&conn);
                 let registry = Arc::clone(&registry);
-                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     let in_flight = InFlight::new(&conn, &registry);
+                    request.extensions_mut().insert(ConnectionCalls(Arc::clone(&conn)));
                     let call = tower::ServiceExt::oneshot(
                         router.clone(),
                         request.map(axum::body::Body::new),
@@ -760,24 +773,24 @@ mod tests {
     ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, server) = start_on(listener, router, idle);
+        let limits = ConnectionLimits {
+            idle_timeout: idle,
+            ..ConnectionLimits::grpc()
+        };
+        let (stop, server) = start_on(listener, router, limits);
         (addr, stop, server)
     }
 
-    /// [`start_with`] on `listener`.
+    /// `serve` on `listener` until the sender is used or dropped.
     fn start_on(
         listener: impl Accept,
         router: axum::Router,
-        idle: Duration,
+        limits: ConnectionLimits,
     ) -> (
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let limits = ConnectionLimits {
-            idle_timeout: idle,
-            ..ConnectionLimits::grpc()
-        };
         let server = tokio::spawn(serve(listener, router, limits, async move {
             let _ = stopped.await;
         }));
@@ -1050,6 +1063,60 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_sees_whether_its_call_is_alone_on_its_connection() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let router = axum::Router::new()
+            .route(
+                "/alone",
+                axum::routing::get(|request: axum::extract::Request| async move {
+                    match request.extensions().get::<ConnectionCalls>() {
+                        Some(calls) if calls.alone() => "alone",
+                        Some(_) => "shared",
+                        None => "unknown",
+                    }
+                }),
+            )
+            .route(
+                "/held",
+                axum::routing::get({
+                    let release = Arc::clone(&release);
+                    move || async move { release.notified().await }
+                }),
+            );
+        let (addr, _stop, _server) = start_with(router, Duration::from_secs(120)).await;
+        let (client, _connection) = h2_client(addr).await;
+        let alone = || {
+            let mut client = client.clone();
+            async move { String::from_utf8(get_body(&mut client, "/alone").await.unwrap()).unwrap() }
+        };
+        assert_eq!(alone().await, "alone");
+        let held = tokio::spawn({
+            let mut client = client.clone();
+            async move { get(&mut client, "/held").await }
+        });
+        // The held call is in flight once a call beside it is told so.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while alone().await != "shared" {}
+        })
+        .await
+        .expect("a call beside a held one was never told it shares the connection");
+        release.notify_one();
+        assert_eq!(held.await.unwrap().unwrap(), 200);
+        assert_eq!(alone().await, "alone");
+        // Another connection's calls are not this one's.
+        let held = tokio::spawn({
+            let mut client = client.clone();
+            async move { get(&mut client, "/held").await }
+        });
+        while alone().await != "shared" {}
+        let (other, _other_connection) = h2_client(addr).await;
+        let body = get_body(&mut other.clone(), "/alone").await.unwrap();
+        assert_eq!(body, b"alone");
+        release.notify_one();
+        assert_eq!(held.await.unwrap().unwrap(), 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replies_that_finish_together_leave_in_one_write() {
         const CALLS: usize = 8;
         // Every call waits for all of them, so they finish in the same poll of the connection.
@@ -1079,7 +1146,7 @@ mod tests {
             listener,
             writes: Arc::clone(&writes),
         };
-        let (_stop, _server) = start_on(counting, router, Duration::from_secs(120));
+        let (_stop, _server) = start_on(counting, router, ConnectionLimits::grpc());
         let (client, _connection) = h2_client(addr).await;
         // A whole call first: the handshake's writes are over once its reply is in.
         get_body(&mut client.clone(), "/warm-up").await.unwrap();
@@ -1125,10 +1192,7 @@ mod tests {
             closing_grace: Duration::from_millis(300),
             ..ConnectionLimits::grpc()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, limits, async move {
-            let _ = stopped.await;
-        }));
+        let (stop, server) = start_on(listener, router, limits);
         // A raw HTTP/2 client that opens every flow-control window, asks for the flood and
         // never reads: the server's writes stop once the socket buffers are full.
         let mut peer = std::net::TcpStream::connect(addr).unwrap();

@@ -14,8 +14,10 @@
 //! standard base64 strings, null when empty), because that sidecar's clients (its own test
 //! suite among them) base64-decode the fields; no ocicrypt-rs client calls that name.
 
+use super::conn::ConnectionCalls;
 use super::{rpc, Backend, ServiceError};
 use crate::proto::{key_provider as new, keyprovider as old};
+use crate::provision::decrypt::Caller;
 use crate::provision::layer::AnnotationPacket;
 use crate::snp::report::report_data_for_runtime;
 use base64::engine::general_purpose::STANDARD;
@@ -350,6 +352,7 @@ async fn unwrap_key(
     backend: &Backend,
     input: &[u8],
     form: Form,
+    caller: Caller,
 ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| ServiceError::invalid(format!("keyprovider input is not valid JSON: {e}")))?;
@@ -388,8 +391,23 @@ async fn unwrap_key(
             "the annotation is not an aasp annotation packet: {e}"
         ))
     })?;
-    let layer_key = backend.provisioner.unwrap_layer_key(&packet).await?;
+    let layer_key = backend
+        .provisioner
+        .unwrap_layer_key(&packet, caller)
+        .await?;
     Ok(output(form, &[], &layer_key))
+}
+
+/// Whether an UnWrapKey's decrypt may run in its connection's task: only if no other call of
+/// the connection waits there (and never for a request that did not come through `serve`:
+/// nobody can tell).
+fn caller<T>(request: &Request<T>) -> Caller {
+    let calls = request.extensions().get::<ConnectionCalls>();
+    if calls.is_some_and(ConnectionCalls::alone) {
+        Caller::Alone
+    } else {
+        Caller::Shared
+    }
 }
 
 /// AASP's GetReport: the hex string *is* report_data (≤ 64 bytes, zero-padded).
@@ -469,8 +487,9 @@ impl old::key_provider_service_server::KeyProviderService for Aasp {
         request: Request<old::KeyProviderKeyWrapProtocolInput>,
     ) -> Result<Response<old::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("keyprovider/UnWrapKey", async {
+            let caller = caller(&request);
             let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
-            let out = into_message_bytes(unwrap_key(&self.0, &input, Form::Arrays).await?);
+            let out = into_message_bytes(unwrap_key(&self.0, &input, Form::Arrays, caller).await?);
             Ok(old::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
@@ -527,8 +546,9 @@ impl new::key_provider_service_server::KeyProviderService for Sidecar {
         request: Request<new::KeyProviderKeyWrapProtocolInput>,
     ) -> Result<Response<new::KeyProviderKeyWrapProtocolOutput>, Status> {
         rpc("key_provider/UnWrapKey", async {
+            let caller = caller(&request);
             let input = Zeroizing::new(request.into_inner().key_provider_key_wrap_protocol_input);
-            let out = into_message_bytes(unwrap_key(&self.0, &input, Form::Base64).await?);
+            let out = into_message_bytes(unwrap_key(&self.0, &input, Form::Base64, caller).await?);
             Ok(new::KeyProviderKeyWrapProtocolOutput {
                 key_provider_key_wrap_protocol_output: out,
             })
