@@ -69,7 +69,6 @@ async fn keyprovider_requests_naming_other_hosts_reach_nothing() {
     let mut client = KeyProviderServiceClient::connect(stack.grpc_url())
         .await
         .unwrap();
-    let before = work(&stack);
 
     let packet = |kms: &str, maa: &str| AnnotationPacket {
         kid: DEMO_RSA_KEY.into(),
@@ -79,6 +78,23 @@ async fn keyprovider_requests_naming_other_hosts_reach_nothing() {
         kms_endpoint: kms.into(),
         attester_endpoint: maa.into(),
     };
+    // First a packet naming the allowed hosts and the same key (released; its made-up data
+    // does not decrypt): the packets below differ from it in their hosts only, and must not
+    // be taken for it (aasp keeps the last packet's parsed key).
+    let status = client
+        .un_wrap_key(KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: unwrap_input(&packet(
+                &stack.emulator.url,
+                &emulator,
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        !status.message().contains("--allow-"),
+        "the allowed hosts were refused: {status:?}"
+    );
+    let before = work(&stack);
     // (packet, code, what the message must say)
     let cases = [
         (

@@ -266,6 +266,8 @@ pub struct Provisioner {
     kbs: Option<Arc<crate::kbs::KbsClient>>,
     /// Where layer-key decrypts run (`with_decrypt_threads`).
     decrypt: decrypt::DecryptPool,
+    /// The key of the last annotation packet unwrapped, parsed (see `layer`).
+    last_packet_key: std::sync::Mutex<Option<layer::PacketKey>>,
     pub counters: Counters,
 }
 
@@ -313,6 +315,7 @@ impl Provisioner {
             tokens: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             kbs: None,
             decrypt: decrypt::DecryptPool::per_cpu(),
+            last_packet_key: std::sync::Mutex::new(None),
             counters: Counters::default(),
         })
     }
