@@ -92,6 +92,69 @@ async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
     );
 }
 
+/// Concurrent UnWrapKeys on connections of their own, of a key not yet released: the callers
+/// that waited for the release leave the async workers for their decrypts (each woke the next
+/// waiter, which tokio would queue behind a decrypt in place), at most the last one decrypts in
+/// place. A lone warm call then does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_behind_a_cold_release_decrypts_off_the_workers() {
+    let stack = common::Dev::start().await;
+    let url = stack.grpc_url();
+    let client = || async {
+        KeyProviderServiceClient::connect(url.clone())
+            .await
+            .unwrap()
+    };
+    let wrap = json!({"op":"keywrap","keywrapparams":{"ec":{"Parameters":{"attestation-agent":[STANDARD.encode(format!("aasp:{DEMO_RSA_KEY}"))]}},"optsdata":STANDARD.encode([5u8; 32])}});
+    let out = client()
+        .await
+        .wrap_key(KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: wrap.to_string().into_bytes(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let annotation = serde_json::from_slice::<Value>(&out.key_provider_key_wrap_protocol_output)
+        .unwrap()["keywrapresults"]["annotation"]
+        .clone();
+    let unwrap = json!({"op":"keyunwrap","keyunwrapparams":{"dc":{"Parameters":{"attestation-agent":[STANDARD.encode("aasp")]}},"annotation":annotation}}).to_string();
+    let call = |mut client: KeyProviderServiceClient<_>| {
+        let input = unwrap.clone().into_bytes();
+        async move {
+            client
+                .un_wrap_key(KeyProviderKeyWrapProtocolInput {
+                    key_provider_key_wrap_protocol_input: input,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let provisioner = &stack.backend.provisioner;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(client().await);
+    }
+    // A slow release, so that every call of the burst waits for it.
+    stack.emulator.set_faults("latency=100ms".parse().unwrap());
+    let burst: Vec<_> = clients.into_iter().map(|c| tokio::spawn(call(c))).collect();
+    for call in burst {
+        call.await.unwrap();
+    }
+    stack.emulator.set_faults(Default::default());
+    assert_eq!(stack.emulator.counters.release(), 1);
+    let in_place = provisioner.decrypts_in_place();
+    assert!(
+        in_place <= 1,
+        "{in_place} of the burst's 8 decrypts ran in place"
+    );
+    call(client().await).await;
+    assert_eq!(
+        provisioner.decrypts_in_place(),
+        in_place + 1,
+        "a lone warm call left its worker"
+    );
+}
+
 fn unwrap_request(packet: &aasp::provision::layer::AnnotationPacket) -> Vec<u8> {
     json!({"op":"keyunwrap","keyunwrapparams":{"dc":{"Parameters":{"attestation-agent":[STANDARD.encode("aasp")]}},"annotation":packet.to_annotation()}}).to_string().into_bytes()
 }

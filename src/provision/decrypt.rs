@@ -12,31 +12,38 @@
 //!
 //! The hand-off has a price: two thread wake-ups, each through the hypervisor on a VM whose idle
 //! vCPUs halt (40–65 µs of wall time, ~55 µs of CPU per call, BENCHMARKS.md "Hand-off"). It buys
-//! nothing when nobody waits behind the decrypt. So a caller that is [`Caller::Alone`] in its task
-//! (a connection with no other call in flight) decrypts in place, as long as another worker stays
-//! free for the rest of the process: at most `workers - 1` such decrypts at once, each also holding
-//! one of the `threads` permits, and never on a runtime with one worker.
+//! nothing when nobody waits behind the decrypt. So a [`Caller::Alone`] decrypts in place: its
+//! caller vouches that nothing waits on its task (no other call or reply of its connection) and
+//! that it woke no other task on the way (tokio runs a task woken from a worker on that worker,
+//! next: it would wait for the decrypt, and the other worker cannot take it). Here, at most
+//! `workers - 1` decrypts run in place at once, so they never hold every worker; each holds one
+//! of the `threads` permits; and a runtime with one worker never decrypts in place.
+
 use super::{Error, Result};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a decrypt in the caller's own task would hold up besides the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
-    /// Nothing: the task serves this call only.
+    /// Nothing: no other work waits on the caller's task, and the caller woke no other task
+    /// on its way here.
     Alone,
-    /// Other work may share the task (other calls of the connection), or the caller cannot tell.
+    /// Other work may wait (other calls of the connection, a task it woke), or the caller
+    /// cannot tell.
     Shared,
 }
 
-/// Runs CPU-heavy private-key operations off the async workers, bounded.
+/// Runs CPU-heavy private-key operations where they hold up nobody, bounded.
 #[derive(Debug, Clone)]
 pub struct DecryptPool {
     /// `None`: run inline on the calling worker.
     permits: Option<Arc<Semaphore>>,
     /// Decrypts running in place on a worker (for [`Caller::Alone`]).
     in_place: Arc<AtomicUsize>,
+    /// Decrypts that ran in place, ever.
+    in_place_total: Arc<AtomicU64>,
 }
 
 /// A decrypt's right to run on the worker that took its call; freed when dropped.
@@ -52,11 +59,13 @@ impl Drop for InPlace {
 }
 
 impl DecryptPool {
-    /// At most `threads` operations at once on the blocking pool; 0 runs them inline.
+    /// At most `threads` operations at once, on the blocking pool or in place; 0 runs them all
+    /// inline.
     pub fn new(threads: usize) -> Self {
         DecryptPool {
             permits: (threads > 0).then(|| Arc::new(Semaphore::new(threads))),
             in_place: Arc::new(AtomicUsize::new(0)),
+            in_place_total: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -79,6 +88,7 @@ impl DecryptPool {
         };
         if caller == Caller::Alone {
             if let Some(_in_place) = self.in_place(permits) {
+                self.in_place_total.fetch_add(1, Ordering::Relaxed);
                 return op();
             }
         }
@@ -101,6 +111,11 @@ impl DecryptPool {
             .await
             // Cancelled at runtime shutdown (the closures here do not panic).
             .map_err(|e| Error::Stopped(format!("the decrypt did not run: {e}")))?
+    }
+
+    /// Decrypts that ran in place so far.
+    pub fn in_place_total(&self) -> u64 {
+        self.in_place_total.load(Ordering::Relaxed)
     }
 
     /// A slot to decrypt on this worker, if another worker stays free meanwhile and a permit is

@@ -8,6 +8,7 @@
 
 use crate::azure::jwk::{Jwk, KeyFamily};
 use crate::azure::Error as AzureError;
+use crate::provision::cache::Lookup;
 use crate::provision::decrypt::Caller;
 use crate::provision::{invalid, Error, KeyRef, Provisioner, ReleasedKey, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -16,6 +17,7 @@ use aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 use zeroize::Zeroizing;
 
 pub use super::key_info::{resolve, spki_to_pem, KeyInfo, ResolvedKey, WrappingKey};
@@ -289,13 +291,20 @@ impl Provisioner {
         // The packet is the image's: untrusted. Its endpoints are parsed and allow-list checked
         // (in `release`) before anything is attested or sent.
         let key = self.packet_key(packet)?;
-        let released = self.release(&key).await?;
+        let (released, lookup) = self.release_looked_up(&key).await?;
         if !packet.wrap_type.starts_with("rsa_") {
             // AES-GCM of a few bytes: cheaper than handing it to another thread.
             return unwrap_with(packet, &released);
         }
         // The RSA private-key operation (~0.7 ms for RSA-3072) goes where it holds up nobody
-        // (see `decrypt`). The packet, a few short strings, is cloned for it.
+        // (see `decrypt`). In this task only for a key that was cached, with no other release
+        // under way: a release (ours, cold; another's, waiting for the key) wakes tasks, and
+        // tokio runs a task woken from a worker on that same worker next, after this one.
+        let caller = match lookup {
+            Lookup::Hit if self.releasing.load(Ordering::Acquire) == 0 => caller,
+            _ => Caller::Shared,
+        };
+        // The packet, a few short strings, is cloned for it.
         let packet = packet.clone();
         self.decrypt
             .run(caller, move || unwrap_with(&packet, &released))

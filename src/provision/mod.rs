@@ -36,7 +36,7 @@ use crate::snp::evidence::Evidence;
 use crate::snp::report::report_data_for_runtime;
 use allow::{AllowList, Role};
 use cache::{FlightCache, Lookup};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
@@ -268,6 +268,8 @@ pub struct Provisioner {
     decrypt: decrypt::DecryptPool,
     /// The key of the last annotation packet unwrapped, parsed (see `layer`).
     last_packet_key: std::sync::Mutex<Option<layer::PacketKey>>,
+    /// Calls in `release`, for the decrypt's placement (see `layer`).
+    releasing: AtomicUsize,
     pub counters: Counters,
 }
 
@@ -281,6 +283,22 @@ pub struct ProvisionerParts {
     pub cache_ttl: Duration,
     /// The KMS and MAA hosts credentials may go to.
     pub allow: AllowList,
+}
+
+/// Counts a call in [`Provisioner::release`] until dropped.
+struct Releasing<'a>(&'a AtomicUsize);
+
+impl<'a> Releasing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Releasing(count)
+    }
+}
+
+impl Drop for Releasing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Provisioner {
@@ -316,6 +334,7 @@ impl Provisioner {
             kbs: None,
             decrypt: decrypt::DecryptPool::per_cpu(),
             last_packet_key: std::sync::Mutex::new(None),
+            releasing: AtomicUsize::new(0),
             counters: Counters::default(),
         })
     }
@@ -326,6 +345,11 @@ impl Provisioner {
     pub fn with_decrypt_threads(mut self, threads: usize) -> Self {
         self.decrypt = decrypt::DecryptPool::new(threads);
         self
+    }
+
+    /// Layer-key decrypts that ran in place, in the caller's task (see `decrypt`).
+    pub fn decrypts_in_place(&self) -> u64 {
+        self.decrypt.in_place_total()
     }
 
     pub fn attester(&self) -> &Arc<dyn Attester> {
@@ -522,8 +546,14 @@ impl Provisioner {
 
     /// Secure key release of `key`; concurrent callers share one flight and its outcome.
     pub async fn release(&self, key: &KeyRef) -> Result<Arc<ReleasedKey>> {
+        Ok(self.release_looked_up(key).await?.0)
+    }
+
+    /// [`release`](Self::release), and whether the key came from the cache.
+    async fn release_looked_up(&self, key: &KeyRef) -> Result<(Arc<ReleasedKey>, Lookup)> {
         // Refused before the cache: a refused key takes no entry, report or token.
         self.check_key(key)?;
+        let _releasing = Releasing::start(&self.releasing);
         let (released, lookup) = self
             .keys
             .get_or_run(
@@ -543,7 +573,7 @@ impl Provisioner {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
         crate::metrics::record_cache(hit);
-        Ok(released)
+        Ok((released, lookup))
     }
 
     /// A release authorized by the caller's own access token. Not cached or shared: another

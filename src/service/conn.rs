@@ -129,15 +129,27 @@ impl Registry {
     }
 }
 
-/// The calls in flight on a request's connection, as a request extension: whether a handler's
-/// task has the connection to itself (a connection's streams share its task, [`WithStreams`]).
+/// What else a request's connection task is doing, as a request extension: a connection's
+/// streams share its task ([`WithStreams`]), so a handler that holds the task (a decrypt in
+/// place) holds them all, and the replies they queued for the task to write.
 #[derive(Clone)]
-pub struct ConnectionCalls(Arc<Conn>);
+pub struct ConnectionCalls(Arc<TaskLoad>);
+
+/// Kept up to date by [`WithStreams`] while it polls the streams.
+#[derive(Default)]
+struct TaskLoad {
+    /// Streams not yet finished, the one asking included.
+    streams: AtomicUsize,
+    /// Finished streams whose replies wait in h2 for the task to write them.
+    replies_waiting: AtomicUsize,
+}
 
 impl ConnectionCalls {
-    /// Whether this request is the only call in flight on its connection.
+    /// Whether the asking call is the task's only work: no other stream of the connection
+    /// under way, and no reply waiting to be written. HTTP/1 serves one call at a time.
     pub fn alone(&self) -> bool {
-        self.0.in_flight.load(Ordering::Acquire) == 1
+        self.0.streams.load(Ordering::Acquire) <= 1
+            && self.0.replies_waiting.load(Ordering::Acquire) == 0
     }
 }
 
@@ -243,12 +255,12 @@ pub async fn serve<L: Accept>(
         let mut stopped = stop.subscribe();
         let idle = limits.idle_timeout;
         tasks.spawn(async move {
+            let load = Arc::new(TaskLoad::default());
             let service = {
-                let conn = Arc::clone(&conn);
-                let registry = Arc::clone(&registry);
+                let (conn, registry, load) = (Arc::clone(&conn), Arc::clone(&registry), Arc::clone(&load));
                 hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     let in_flight = InFlight::new(&conn, &registry);
-                    request.extensions_mut().insert(ConnectionCalls(Arc::clone(&conn)));
+                    request.extensions_mut().insert(ConnectionCalls(Arc::clone(&load)));
                     let call = tower::ServiceExt::oneshot(
                         router.clone(),
                         request.map(axum::body::Body::new),
@@ -267,6 +279,7 @@ pub async fn serve<L: Accept>(
                 builder.serve_connection(hyper_util::rt::TokioIo::new(io), service),
                 writes,
                 started,
+                load,
             );
             let mut closing = false;
             let closing_deadline = tokio::time::sleep(limits.closing_grace);
@@ -349,7 +362,8 @@ type StreamFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// worker to steal stream tasks, and both workers then contend for h2's per-connection lock:
 /// that doubled the context switches and multiplied the futex calls of an empty RPC by seven
 /// (BENCHMARKS.md "Where a call's CPU goes"). Work that is heavy (decrypts, reports) leaves the
-/// task anyway, on the blocking pool; separate connections still run on separate workers.
+/// task for the blocking pool, unless nothing else waits on the task ([`ConnectionCalls`]);
+/// separate connections still run on separate workers.
 #[derive(Clone)]
 struct ConnectionStreams(tokio::sync::mpsc::UnboundedSender<StreamFuture>);
 
@@ -382,6 +396,8 @@ struct WithStreams<C, Io> {
     connection_done: bool,
     started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
     streams: futures_util::stream::FuturesUnordered<StreamFuture>,
+    /// The streams and waiting replies, for the handlers ([`ConnectionCalls`]).
+    load: Arc<TaskLoad>,
     waker: Arc<PollWaker>,
 }
 
@@ -390,6 +406,7 @@ impl<C, Io> WithStreams<C, Io> {
         connection: C,
         writes: WriteHold<Io>,
         started: tokio::sync::mpsc::UnboundedReceiver<StreamFuture>,
+        load: Arc<TaskLoad>,
     ) -> Self {
         WithStreams {
             connection: Box::pin(connection),
@@ -398,11 +415,22 @@ impl<C, Io> WithStreams<C, Io> {
             connection_done: false,
             started,
             streams: futures_util::stream::FuturesUnordered::new(),
+            load,
             waker: Arc::new(PollWaker {
                 state: std::sync::atomic::AtomicU8::new(WAKER_IDLE),
                 task: futures_util::task::AtomicWaker::new(),
             }),
         }
+    }
+
+    /// Tells the streams polled next what else the task has (see [`ConnectionCalls`]).
+    fn publish_load(&self) {
+        self.load
+            .streams
+            .store(self.streams.len(), Ordering::Release);
+        self.load
+            .replies_waiting
+            .store(self.replies_queued, Ordering::Release);
     }
 }
 
@@ -482,9 +510,11 @@ impl<C: Future, Io: tokio::io::AsyncWrite + Unpin> Future for WithStreams<C, Io>
                 this.streams.push(stream);
                 progressed = true;
             }
+            this.publish_load();
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {
                 progressed = true;
                 this.replies_queued += 1;
+                this.publish_load();
             }
             if this.connection_done && this.streams.is_empty() {
                 // h2's close path sends what is held (a shutdown); an ending on an error or
@@ -1264,7 +1294,12 @@ mod tests {
 
     fn with_streams(connection: SelfWaking) -> WithStreams<SelfWaking, tokio::io::Sink> {
         let (_, started) = tokio::sync::mpsc::unbounded_channel();
-        WithStreams::new(connection, held_writes(tokio::io::sink()).1, started)
+        WithStreams::new(
+            connection,
+            held_writes(tokio::io::sink()).1,
+            started,
+            Arc::default(),
+        )
     }
 
     /// Polls `connection` once, with a waker that counts its wakes; it must be pending.
@@ -1274,6 +1309,39 @@ mod tests {
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(std::pin::Pin::new(connection).poll(&mut cx).is_pending());
         task
+    }
+
+    #[test]
+    fn a_call_is_alone_only_with_no_other_stream_or_reply_to_write() {
+        let load = Arc::<TaskLoad>::default();
+        let (start, started) = tokio::sync::mpsc::unbounded_channel::<StreamFuture>();
+        let mut connection = WithStreams::new(
+            SelfWaking {
+                polls: 0,
+                self_wakes: 0,
+                waker: Arc::default(),
+            },
+            held_writes(tokio::io::sink()).1,
+            started,
+            Arc::clone(&load),
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let asking = || -> StreamFuture {
+            let (calls, seen) = (ConnectionCalls(Arc::clone(&load)), Arc::clone(&seen));
+            Box::pin(async move { seen.lock().unwrap().push(calls.alone()) })
+        };
+        // On its own.
+        start.send(asking()).unwrap();
+        poll_once(&mut connection);
+        // Behind a call that finished first in the same poll: its reply waits for the task.
+        start.send(Box::pin(async {})).unwrap();
+        start.send(asking()).unwrap();
+        poll_once(&mut connection);
+        // Beside a call still under way.
+        start.send(Box::pin(std::future::pending())).unwrap();
+        start.send(asking()).unwrap();
+        poll_once(&mut connection);
+        assert_eq!(*seen.lock().unwrap(), [true, false, false]);
     }
 
     #[test]
