@@ -18,15 +18,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::time::Instant;
+use tonic::transport::Channel;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
-    let stack = common::Dev::start().await;
-    let url = stack.grpc_url();
-    let mut client = KeyProviderServiceClient::connect(url.clone())
-        .await
-        .unwrap();
-    // WrapKey for an RSA key with a known public key is offline: nothing is released yet.
+/// An UnWrapKey request for a layer key ([5; 32]) wrapped for the demo RSA key.
+async fn demo_rsa_unwrap_request(client: &mut KeyProviderServiceClient<Channel>) -> String {
     let wrap = json!({"op":"keywrap","keywrapparams":{"ec":{"Parameters":{"attestation-agent":[STANDARD.encode(format!("aasp:{DEMO_RSA_KEY}"))]}},"optsdata":STANDARD.encode([5u8; 32])}});
     let out = client
         .wrap_key(KeyProviderKeyWrapProtocolInput {
@@ -38,6 +33,18 @@ async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
     let annotation = serde_json::from_slice::<Value>(&out.key_provider_key_wrap_protocol_output)
         .unwrap()["keywrapresults"]["annotation"]
         .clone();
+    json!({"op":"keyunwrap","keyunwrapparams":{"dc":{"Parameters":{"attestation-agent":[STANDARD.encode("aasp")]}},"annotation":annotation}}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
+    let stack = common::Dev::start().await;
+    let url = stack.grpc_url();
+    let mut client = KeyProviderServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    // WrapKey for an RSA key with a known public key is offline: nothing is released yet.
+    let unwrap = demo_rsa_unwrap_request(&mut client).await;
     assert_eq!(
         (
             stack.emulator.counters.maa(),
@@ -46,7 +53,6 @@ async fn sixty_four_cold_unwraps_make_one_maa_call_and_one_release() {
         (0, 0)
     );
 
-    let unwrap = json!({"op":"keyunwrap","keyunwrapparams":{"dc":{"Parameters":{"attestation-agent":[STANDARD.encode("aasp")]}},"annotation":annotation}}).to_string();
     let started = Instant::now();
     let calls: Vec<_> = (0..64)
         .map(|_| {
@@ -105,19 +111,7 @@ async fn a_burst_behind_a_cold_release_decrypts_off_the_workers() {
             .await
             .unwrap()
     };
-    let wrap = json!({"op":"keywrap","keywrapparams":{"ec":{"Parameters":{"attestation-agent":[STANDARD.encode(format!("aasp:{DEMO_RSA_KEY}"))]}},"optsdata":STANDARD.encode([5u8; 32])}});
-    let out = client()
-        .await
-        .wrap_key(KeyProviderKeyWrapProtocolInput {
-            key_provider_key_wrap_protocol_input: wrap.to_string().into_bytes(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let annotation = serde_json::from_slice::<Value>(&out.key_provider_key_wrap_protocol_output)
-        .unwrap()["keywrapresults"]["annotation"]
-        .clone();
-    let unwrap = json!({"op":"keyunwrap","keyunwrapparams":{"dc":{"Parameters":{"attestation-agent":[STANDARD.encode("aasp")]}},"annotation":annotation}}).to_string();
+    let unwrap = demo_rsa_unwrap_request(&mut client().await).await;
     let call = |mut client: KeyProviderServiceClient<_>| {
         let input = unwrap.clone().into_bytes();
         async move {
