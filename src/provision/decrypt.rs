@@ -75,7 +75,7 @@ impl DecryptPool {
     }
 
     /// Runs `op`, off the async worker unless this pool is inline or `caller` is alone and a
-    /// worker to spare is free (see the module's notes). A caller that goes away while `op`
+    /// slot to decrypt in place is free (see the module's notes). A caller that goes away while `op`
     /// runs does not free its slot early: the permit lives with the operation, and the result
     /// (a zeroizing type for key material) is dropped there.
     pub async fn run<T, F>(&self, caller: Caller, op: F) -> Result<T>
@@ -118,8 +118,8 @@ impl DecryptPool {
         self.in_place_total.load(Ordering::Relaxed)
     }
 
-    /// A slot to decrypt on this worker, if another worker stays free meanwhile and a permit is
-    /// free now (waiting for one is the pool's FIFO queue's job).
+    /// A slot to decrypt on this worker, if that leaves at least one worker that no decrypt
+    /// holds in place, and a permit is free now (waiting for one is the pool's FIFO queue's job).
     fn in_place(&self, permits: &Arc<Semaphore>) -> Option<InPlace> {
         let workers = tokio::runtime::Handle::try_current()
             .ok()?
