@@ -57,8 +57,11 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
             }
             self.held.drain(..written);
         }
-        // A batch of 64 replies may have grown it to HOLD_LIMIT: an idle connection keeps none.
-        self.held = Vec::new();
+        // A batch past HOLD_LIMIT refills the buffer rather than freeing and growing it again;
+        // between batches a connection keeps none.
+        if !self.holding {
+            self.held = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -226,6 +229,22 @@ mod tests {
         io.write_all(b"first").await.unwrap();
         io.write_all(&big).await.unwrap();
         assert_eq!(recorded(&hold).0, vec![b"first".to_vec(), big]);
+    }
+
+    /// A batch past the limit refills the one buffer; after the batch none is kept.
+    #[tokio::test]
+    async fn a_batch_keeps_its_buffer_and_an_idle_connection_none() {
+        let (mut io, hold) = held_writes(Recorder::default());
+        let capacity = || lock(&hold.0).held.capacity();
+        hold.hold();
+        io.write_all(&vec![1u8; HOLD_LIMIT - 1]).await.unwrap();
+        let grown = capacity();
+        io.write_all(b"past the limit").await.unwrap();
+        assert_eq!(capacity(), grown, "the buffer was freed within the batch");
+        poll_fn(|cx| hold.release(cx)).await.unwrap();
+        assert_eq!(capacity(), 0, "an idle connection keeps its buffer");
+        io.write_all(b"unheld").await.unwrap();
+        assert_eq!(capacity(), 0);
     }
 
     #[tokio::test]
