@@ -278,7 +278,8 @@ impl Provisioner {
             && packet.attester_endpoint.is_empty()
             && super::kbs::is_kbs_key_id(&packet.kid)
         {
-            return self.unwrap_kbs_layer_key(packet).await;
+            // Boxed for the same reason as the release (see `release_looked_up`).
+            return Box::pin(self.unwrap_kbs_layer_key(packet)).await;
         }
         if packet.kms_endpoint.is_empty()
             || packet.attester_endpoint.is_empty()

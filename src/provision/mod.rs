@@ -559,12 +559,18 @@ impl Provisioner {
             .get_or_run(
                 key,
                 |_| true,
-                || async {
-                    let jwk = self
-                        .release_uncached(key, None)
-                        .instrument(tracing::info_span!("release", key = %crate::echo::echo(key)))
-                        .await?;
-                    Ok(Arc::new(ReleasedKey::new(kms_key(key).clone(), jwk)))
+                // Boxed: the release (attestation, token, key release over HTTPS) is a future of
+                // kilobytes that every warm call would otherwise carry, and copy as it moves.
+                || {
+                    Box::pin(async {
+                        let jwk = self
+                            .release_uncached(key, None)
+                            .instrument(
+                                tracing::info_span!("release", key = %crate::echo::echo(key)),
+                            )
+                            .await?;
+                        Ok(Arc::new(ReleasedKey::new(kms_key(key).clone(), jwk)))
+                    })
                 },
             )
             .await?;
