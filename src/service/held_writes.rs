@@ -16,7 +16,13 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// At most this much is held; a write past it first sends what is held, so order is kept.
-const HOLD_LIMIT: usize = 64 * 1024;
+/// A batch of 64 WrapKey replies (~190 KB) fits: at 64 KiB it left in three writes or more,
+/// each waking the reader, and at 64 streams the server spent 0.04-0.08 wake-ups and
+/// 0.2-0.3 writes per call instead of 0.005 and 0.03 (`perf stat`), 1-4 µs of CPU per call.
+const HOLD_LIMIT: usize = 256 * 1024;
+
+/// The buffer's first size: a few replies, without reserving a whole batch for two.
+const FIRST_RESERVE: usize = 16 * 1024;
 
 /// The connection's I/O as the protocol sees it. Reads pass through; writes pass through too,
 /// except while [`WriteHold::hold`] is in effect.
@@ -72,7 +78,7 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
     /// Room for a few replies at once, rather than growing by doubling from the first.
     fn reserve_for_batch(&mut self) {
         if self.held.capacity() == 0 {
-            self.held.reserve(HOLD_LIMIT / 4);
+            self.held.reserve(FIRST_RESERVE);
         }
     }
 }
