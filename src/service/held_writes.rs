@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use zeroize::Zeroizing;
 
 /// At most this much is held; a write past it first sends what is held, so order is kept.
 /// A batch of 64 WrapKey replies (~190 KB) fits: at 64 KiB it left in three writes or more,
@@ -33,15 +34,57 @@ pub(crate) struct WriteHold<T>(Arc<Mutex<Shared<T>>>);
 
 struct Shared<T> {
     io: T,
-    held: Vec<u8>,
+    held: HeldBytes,
     holding: bool,
+}
+
+/// Reply bytes waiting to be sent. An UnWrapKey reply holds a layer key, so no copy is left
+/// behind: growing moves them into a new buffer and wipes the old one, and a buffer is wiped
+/// whole (capacity included) when it is freed.
+#[derive(Default)]
+struct HeldBytes(Zeroizing<Vec<u8>>);
+
+impl HeldBytes {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let needed = self.0.len() + data.len();
+        if needed > self.0.capacity() {
+            // Room for a few replies at first, rather than growing by doubling from the first.
+            let capacity = needed.max(2 * self.0.capacity()).max(FIRST_RESERVE);
+            let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+            grown.extend_from_slice(&self.0);
+            self.0 = grown;
+        }
+        self.0.extend_from_slice(data);
+    }
+
+    /// Drops the first `sent` bytes; what they leave behind in the capacity is wiped on free.
+    fn consume(&mut self, sent: usize) {
+        self.0.drain(..sent);
+    }
+
+    fn free(&mut self) {
+        self.0 = Zeroizing::default();
+    }
 }
 
 /// `io`, split into the side the protocol reads and writes and the side that holds its writes.
 pub(crate) fn held_writes<T>(io: T) -> (HeldWrites<T>, WriteHold<T>) {
     let shared = Arc::new(Mutex::new(Shared {
         io,
-        held: Vec::new(),
+        held: HeldBytes::default(),
         holding: false,
     }));
     (HeldWrites(Arc::clone(&shared)), WriteHold(shared))
@@ -57,29 +100,22 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
     /// Writes out what is held.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.held.is_empty() {
-            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held.0))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held.drain(..written);
+            self.held.consume(written);
         }
         // A batch past HOLD_LIMIT refills the buffer rather than freeing and growing it again;
         // between batches a connection keeps none.
         if !self.holding {
-            self.held = Vec::new();
+            self.held.free();
         }
         Poll::Ready(Ok(()))
     }
 
     fn may_hold(&self, len: usize) -> bool {
         self.holding && self.held.len() + len <= HOLD_LIMIT
-    }
-
-    /// Room for a few replies at once, rather than growing by doubling from the first.
-    fn reserve_for_batch(&mut self) {
-        if self.held.capacity() == 0 {
-            self.held.reserve(FIRST_RESERVE);
-        }
     }
 }
 
@@ -119,8 +155,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
     ) -> Poll<io::Result<usize>> {
         let mut shared = lock(&self.0);
         if shared.may_hold(data.len()) {
-            shared.reserve_for_batch();
-            shared.held.extend_from_slice(data);
+            shared.held.push(data);
             return Poll::Ready(Ok(data.len()));
         }
         ready!(shared.poll_send_held(cx))?;
@@ -135,9 +170,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
         let mut shared = lock(&self.0);
         let len = slices.iter().map(|s| s.len()).sum();
         if shared.may_hold(len) {
-            shared.reserve_for_batch();
             for slice in slices {
-                shared.held.extend_from_slice(slice);
+                shared.held.push(slice);
             }
             return Poll::Ready(Ok(len));
         }
@@ -237,6 +271,23 @@ mod tests {
         assert_eq!(recorded(&hold).0, vec![b"first".to_vec(), big]);
     }
 
+    /// Growing past the first reservation, twice over, keeps every byte in order.
+    #[tokio::test]
+    async fn a_growing_batch_keeps_its_bytes_in_order() {
+        let (mut io, hold) = held_writes(Recorder::default());
+        hold.hold();
+        let parts = [
+            vec![1u8; FIRST_RESERVE - 1],
+            vec![2u8; 10],
+            vec![3u8; 3 * FIRST_RESERVE],
+        ];
+        for part in &parts {
+            io.write_all(part).await.unwrap();
+        }
+        poll_fn(|cx| hold.release(cx)).await.unwrap();
+        assert_eq!(recorded(&hold).0, vec![parts.concat()]);
+    }
+
     /// A batch past the limit refills the one buffer; after the batch none is kept.
     #[tokio::test]
     async fn a_batch_keeps_its_buffer_and_an_idle_connection_none() {
@@ -285,6 +336,11 @@ mod tests {
             .unwrap();
         assert_eq!(got, b"held: sixteen by; later");
         (&mut io).await.unwrap();
+        assert_eq!(
+            lock(&hold.0).held.capacity(),
+            0,
+            "the buffer outlived the bytes it held"
+        );
     }
 
     #[tokio::test]
