@@ -53,21 +53,29 @@ pub fn limit_malloc_arenas(arenas: usize) {
     let _ = arenas;
 }
 
-/// Lets glibc keep up to `bytes` of freed memory at the top of a heap instead of returning it
-/// at once. By default it returns anything past 128 KiB when it is freed: at 64 calls in flight
-/// on one connection each batch of replies (~1 MB of buffers) was handed back with `brk` and
-/// faulted in again by the next, ~0.2-0.3 page faults and 0.02 `brk` calls per WrapKey. The
-/// memory still goes back on the periodic [`trim_heap`]. Not glibc (musl): nothing to do.
-pub fn keep_freed_memory_until_trimmed(bytes: usize) {
+/// Lets glibc keep up to `keep` bytes of freed memory at the top of a heap instead of
+/// returning it at once, and serve allocations up to `heap_up_to` bytes from the heap. By
+/// default it returns anything past 128 KiB when it is freed: at 64 calls in flight on one
+/// connection each batch of replies (~1 MB of buffers) was handed back with `brk` and faulted
+/// in again by the next, ~0.2-0.3 page faults and 0.02 `brk` calls per WrapKey. Setting the
+/// trim threshold also fixes glibc's mmap threshold (otherwise raised as large blocks are
+/// freed) at 128 KiB, which would map and unmap a connection's 256 KiB write hold on every
+/// batch; hence the second setting. The memory still goes back on the periodic [`trim_heap`].
+/// Not glibc (musl): nothing to do.
+pub fn keep_freed_memory_until_trimmed(keep: usize, heap_up_to: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    for (option, bytes) in [
+        (libc::M_TRIM_THRESHOLD, keep),
+        (libc::M_MMAP_THRESHOLD, heap_up_to),
+    ] {
         let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt takes two integers; M_TRIM_THRESHOLD only changes when free trims.
-        // It returns 0 on failure, which leaves glibc's default: nothing to report.
-        let _ = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, bytes) };
+        // SAFETY: mallopt takes two integers and changes only where free memory goes (kept,
+        // trimmed or unmapped) and which allocations are mapped on their own. It returns 0 on
+        // failure, which leaves glibc's default: nothing to report.
+        let _ = unsafe { libc::mallopt(option, bytes) };
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = bytes;
+    let _ = (keep, heap_up_to);
 }
 
 /// Returns the allocator's free memory to the kernel (glibc `malloc_trim`): start-up parses

@@ -393,6 +393,10 @@ const BLOCKING_THREADS: usize = 16;
 /// returning it at once: more than a burst of 64 calls on one connection frees.
 const KEEP_FREED_MEMORY: usize = 4 << 20;
 
+/// Allocations up to this size come from the heap, not a mapping of their own: a connection's
+/// write hold (at most 256 KiB) among them.
+const HEAP_ALLOCATIONS_UP_TO: usize = 1 << 20;
+
 /// Sets up logging and hardening, then runs one command on the async runtime: every command
 /// line (aasp's own, the SKR sidecar's, the attestation agent's) ends here.
 fn run_command(
@@ -412,7 +416,7 @@ fn run_command(
     // One arena per core, set before any other thread exists (see the function).
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     crate::hardening::limit_malloc_arenas(cores);
-    crate::hardening::keep_freed_memory_until_trimmed(KEEP_FREED_MEMORY);
+    crate::hardening::keep_freed_memory_until_trimmed(KEEP_FREED_MEMORY, HEAP_ALLOCATIONS_UP_TO);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // The blocking pool runs the attester's report and DNS lookups. 512 threads (tokio's

@@ -313,8 +313,8 @@ async fn release_start_up_memory(backend: Arc<Backend>) {
         Err(e) => tracing::debug!(error = %e, "cannot release the executable's start-up pages"),
     }
     // After a burst of connections glibc keeps their freed buffers (~0.7 MB after 64 clients);
-    // a trim every few seconds hands them back. It walks the free lists of two arenas: far
-    // below a millisecond, every TRIM_PERIOD.
+    // a trim every few seconds hands them back. It walks the free lists of one arena per core
+    // (two here): far below a millisecond, every TRIM_PERIOD.
     let mut every = tokio::time::interval(TRIM_PERIOD);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
