@@ -1,14 +1,8 @@
 //! The real hardware vectors: they verify against AMD's embedded roots, every tampering fails,
 //! and parsing round-trips byte for byte.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::snp::cert::Cert;
 use aasp::snp::report::{AttestationReport, SIGNED_LEN};

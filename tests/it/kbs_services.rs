@@ -2,14 +2,8 @@
 //! emulated KBS holds the demo resource): attestation-agent `GetToken("kbs")` in upstream's
 //! shape, getresource `cc_kbc`, and the refusals a caller can meet.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::DEMO_KBS_RESOURCE;
 use aasp::kbs::TeeKeyPair;

@@ -1,14 +1,8 @@
 //! A full run logged at TRACE level, every crate included, must not contain a layer key, a
 //! released key or a token: secrets are redacted types, and RPC logs carry no payloads.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::DEMO_OCT_KEY;
 use aasp::proto::attestation_agent::{

@@ -2,14 +2,8 @@
 //! clients that send the socket path as `:authority`, slow or idle connections, oversized
 //! strings echoed back.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};

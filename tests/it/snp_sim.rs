@@ -1,14 +1,8 @@
 //! The simulated device: its reports verify through the production path with its root trusted,
 //! and fail against AMD's roots.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::snp::attester::{self, fetch_report, Attester, AttesterKind};
 use aasp::snp::report::{report_data_for_runtime, AttestationReport, SIGNED_LEN};

@@ -1,12 +1,6 @@
 //! `aasp serve` as a process: start-up lines, metrics, loopback refusal, and a clean exit 0 on
 //! SIGTERM.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use aasp::proto::keyprovider::{
     key_provider_service_client::KeyProviderServiceClient, HelloRequest,

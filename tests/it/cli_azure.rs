@@ -1,12 +1,6 @@
 //! `aasp emulate`, `aasp key` and `aasp policy` as a user runs them: a release reproduced by
 //! hand, over the emulator's real sockets.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

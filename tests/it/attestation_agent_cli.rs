@@ -2,12 +2,6 @@
 //! (kata `src/agent/src/main.rs`: `/usr/local/bin/attestation-agent --attestation_sock unix:///…
 //! -c CONFIG`, then it waits for the socket file): the socket appears and answers ttrpc.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use aasp::proto::attestation_agent as aa;
 use prost::Message;

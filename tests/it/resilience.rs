@@ -2,12 +2,6 @@
 //! flight at shutdown complete, a burst of calls leaves it responsive, and upstream faults end
 //! every call with a clean status within its deadline.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use aasp::cli::serve::{self, BackendArgs};
 use aasp::emulator::faults::Faults;

@@ -1,13 +1,7 @@
 //! The `aasp` binary: `verify` and `report` as a user runs them.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use common::{data_dir, vectors};
 use std::process::{Command, Output};

@@ -1,12 +1,6 @@
 //! Every parser that sees outside bytes returns a typed result for arbitrary input and never
 //! panics (proptest, 256 cases per property by default; PROPTEST_CASES raises it).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use aasp::azure::jwk::{Jwk, KeyFamily};
 use aasp::azure::jws::{verify_x5c, Anchors, Compact};

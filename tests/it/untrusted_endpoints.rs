@@ -3,14 +3,8 @@
 //! PERMISSION_DENIED before any report, MAA call, token fetch or connection. A plain TCP
 //! listener plays the rogue KMS/MAA and counts the connections it gets: none.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::{DEMO_OCT_KEY, DEMO_RSA_KEY};
 use aasp::proto::getresource::{

@@ -1,14 +1,8 @@
 //! Huge caller strings are echoed cut short into logs and statuses, and JSON log lines carry
 //! each key once.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::proto::getresource::{
     get_resource_service_client::GetResourceServiceClient, GetResourceRequest,

@@ -1,12 +1,6 @@
 //! The serving process cannot be dumped or attached to, and every file aasp writes has an
 //! explicit mode whatever the umask.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;

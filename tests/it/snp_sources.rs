@@ -1,14 +1,8 @@
 //! Certificate sources against a local HTTP server and a temporary security-context directory,
 //! and the TCB refresh rule.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::snp::attester::Attester;
 use aasp::snp::chain::{

@@ -3,14 +3,8 @@
 //! messages over the raw payload), every AttestationAgentService RPC, and the layer-key round
 //! trip through keyprovider.KeyProviderService.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::DEMO_RSA_KEY;
 use aasp::proto::attestation_agent as aa;

@@ -1,14 +1,8 @@
 //! The secret flow against the emulator over real HTTPS sockets: the simulated attester, the
 //! production MAA, identity and KMS clients, and the emulator verifying everything it receives.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::azure::identity::{IdentityProvider, IdentitySource, MHSM_RESOURCE};
 use aasp::azure::jwk::{Jwk, KeyFamily};

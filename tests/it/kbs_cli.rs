@@ -1,12 +1,6 @@
 //! The KBS backend as a user runs it: `aasp emulate --kbs-resource` in one process, then
 //! `aasp kbs get-resource` attesting to it with the simulated device in another.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

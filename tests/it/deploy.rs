@@ -2,12 +2,6 @@
 //! port, its flags and its environment variables (read from `aasp serve --help`), so the
 //! manifests and the code cannot drift apart.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -4,14 +4,8 @@
 //! flipped bit in a real report, or a simulated report edited and re-signed with the simulated
 //! VCEK so that only the rule under test can refuse it.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::snp::attester::Attester;
 use aasp::snp::cert::Cert;

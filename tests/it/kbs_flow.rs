@@ -3,14 +3,8 @@
 //! (wrong nonce, replayed evidence, report_data not binding the key, expired session, tampered
 //! JWE, policy, missing resource, faults).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::emulator::faults::Faults;
 use aasp::emulator::kbs::{KbsConfig, KbsPolicy};

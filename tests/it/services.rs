@@ -1,14 +1,8 @@
 //! Every RPC of every service over real sockets, against the `aasp dev` stack run in-process:
 //! success and failure paths, and the keyprovider JSON documents in the exact shape of DESIGN §4.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::{DEMO_OCT_KEY, DEMO_RSA_KEY};
 use aasp::proto::attestation_agent::{
@@ -653,7 +647,7 @@ fn attestation_agent_rpcs() {
             .unwrap();
         assert_eq!(claims["x-ms-attestation-type"], "sevsnpvm");
         assert_eq!(claims["iss"], s.stack.emulator.url);
-        // "kbs" is served by the dev stack's emulated KBS (tests/kbs_services.rs); other types
+        // "kbs" is served by the dev stack's emulated KBS (tests/it/kbs_services.rs); other types
         // name the supported ones.
         let status = client
             .get_token(aa::GetTokenRequest {

@@ -1,14 +1,8 @@
 //! 64 concurrent cold UnWrapKeys of one key share one flight: exactly one MAA call and one
 //! Managed HSM release (a count, not a time). The latencies are printed, not asserted.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::DEMO_RSA_KEY;
 use aasp::proto::keyprovider::{

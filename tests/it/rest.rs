@@ -1,14 +1,8 @@
 //! The SKR-sidecar REST API: every route, its status codes, and the double-encoded key of
 //! `/key/release`, against the `aasp dev` stack over real sockets.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 
 use aasp::cli::dev::DEMO_OCT_KEY;
 use aasp::snp::report::{report_data_for_runtime, AttestationReport};
