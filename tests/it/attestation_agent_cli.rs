@@ -2,7 +2,6 @@
 //! (kata `src/agent/src/main.rs`: `/usr/local/bin/attestation-agent --attestation_sock unix:///…
 //! -c CONFIG`, then it waits for the socket file): the socket appears and answers ttrpc.
 
-
 use aasp::proto::attestation_agent as aa;
 use prost::Message;
 use std::process::{Command, Stdio};

@@ -1,7 +1,6 @@
 //! The secret flow against the emulator over real HTTPS sockets: the simulated attester, the
 //! production MAA, identity and KMS clients, and the emulator verifying everything it receives.
 
-
 use crate::common;
 
 use aasp::azure::identity::{IdentityProvider, IdentitySource, MHSM_RESOURCE};

@@ -1,6 +1,5 @@
 //! The `aasp` binary: `verify` and `report` as a user runs them.
 
-
 use crate::common;
 
 use common::{data_dir, vectors};

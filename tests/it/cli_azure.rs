@@ -1,7 +1,6 @@
 //! `aasp emulate`, `aasp key` and `aasp policy` as a user runs them: a release reproduced by
 //! hand, over the emulator's real sockets.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 

@@ -2,7 +2,6 @@
 //! port, its flags and its environment variables (read from `aasp serve --help`), so the
 //! manifests and the code cannot drift apart.
 
-
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,7 +1,6 @@
 //! `aasp dev` as a trust boundary: which guests its emulated MAA vouches for, where its emulator
 //! may listen, and what it tells the user about its listeners.
 
-
 use aasp::cli::dev::{start_with, EmulatorOptions, DEMO_OCT_KEY};
 use aasp::provision::KeyRef;
 use aasp::service::Listen;

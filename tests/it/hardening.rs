@@ -1,7 +1,6 @@
 //! The serving process cannot be dumped or attached to, and every file aasp writes has an
 //! explicit mode whatever the umask.
 
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;

@@ -1,7 +1,6 @@
 //! The KBS backend as a user runs it: `aasp emulate --kbs-resource` in one process, then
 //! `aasp kbs get-resource` attesting to it with the simulated device in another.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

@@ -3,7 +3,6 @@
 //! (wrong nonce, replayed evidence, report_data not binding the key, expired session, tampered
 //! JWE, policy, missing resource, faults).
 
-
 use crate::common;
 
 use aasp::emulator::faults::Faults;

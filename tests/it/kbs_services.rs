@@ -2,7 +2,6 @@
 //! emulated KBS holds the demo resource): attestation-agent `GetToken("kbs")` in upstream's
 //! shape, getresource `cc_kbc`, and the refusals a caller can meet.
 
-
 use crate::common;
 
 use aasp::cli::dev::DEMO_KBS_RESOURCE;

@@ -1,7 +1,6 @@
 //! Huge caller strings are echoed cut short into logs and statuses, and JSON log lines carry
 //! each key once.
 
-
 use crate::common;
 
 use aasp::proto::getresource::{

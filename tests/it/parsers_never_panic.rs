@@ -1,7 +1,6 @@
 //! Every parser that sees outside bytes returns a typed result for arbitrary input and never
 //! panics (proptest, 256 cases per property by default; PROPTEST_CASES raises it).
 
-
 use aasp::azure::jwk::{Jwk, KeyFamily};
 use aasp::azure::jws::{verify_x5c, Anchors, Compact};
 use aasp::azure::policy::ReleasePolicy;

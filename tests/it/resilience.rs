@@ -2,7 +2,6 @@
 //! flight at shutdown complete, a burst of calls leaves it responsive, and upstream faults end
 //! every call with a clean status within its deadline.
 
-
 use aasp::cli::serve::{self, BackendArgs};
 use aasp::emulator::faults::Faults;
 use aasp::proto::attestation_agent::{

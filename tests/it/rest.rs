@@ -1,7 +1,6 @@
 //! The SKR-sidecar REST API: every route, its status codes, and the double-encoded key of
 //! `/key/release`, against the `aasp dev` stack over real sockets.
 
-
 use crate::common;
 
 use aasp::cli::dev::DEMO_OCT_KEY;

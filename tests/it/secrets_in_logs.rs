@@ -1,7 +1,6 @@
 //! A full run logged at TRACE level, every crate included, must not contain a layer key, a
 //! released key or a token: secrets are redacted types, and RPC logs carry no payloads.
 
-
 use crate::common;
 
 use aasp::cli::dev::DEMO_OCT_KEY;

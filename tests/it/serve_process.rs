@@ -1,7 +1,6 @@
 //! `aasp serve` as a process: start-up lines, metrics, loopback refusal, and a clean exit 0 on
 //! SIGTERM.
 
-
 use aasp::proto::keyprovider::{
     key_provider_service_client::KeyProviderServiceClient, HelloRequest,
 };

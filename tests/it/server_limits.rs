@@ -2,7 +2,6 @@
 //! clients that send the socket path as `:authority`, slow or idle connections, oversized
 //! strings echoed back.
 
-
 use crate::common;
 
 use std::sync::OnceLock;

@@ -1,7 +1,6 @@
 //! Every RPC of every service over real sockets, against the `aasp dev` stack run in-process:
 //! success and failure paths, and the keyprovider JSON documents in the exact shape of DESIGN §4.
 
-
 use crate::common;
 
 use aasp::cli::dev::{DEMO_OCT_KEY, DEMO_RSA_KEY};

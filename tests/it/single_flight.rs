@@ -1,7 +1,6 @@
 //! 64 concurrent cold UnWrapKeys of one key share one flight: exactly one MAA call and one
 //! Managed HSM release (a count, not a time). The latencies are printed, not asserted.
 
-
 use crate::common;
 
 use aasp::cli::dev::DEMO_RSA_KEY;

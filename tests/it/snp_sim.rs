@@ -1,7 +1,6 @@
 //! The simulated device: its reports verify through the production path with its root trusted,
 //! and fail against AMD's roots.
 
-
 use crate::common;
 
 use aasp::snp::attester::{self, fetch_report, Attester, AttesterKind};

@@ -1,7 +1,6 @@
 //! Certificate sources against a local HTTP server and a temporary security-context directory,
 //! and the TCB refresh rule.
 
-
 use crate::common;
 
 use aasp::snp::attester::Attester;

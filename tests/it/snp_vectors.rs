@@ -1,7 +1,6 @@
 //! The real hardware vectors: they verify against AMD's embedded roots, every tampering fails,
 //! and parsing round-trips byte for byte.
 
-
 use crate::common;
 
 use aasp::snp::cert::Cert;

@@ -4,7 +4,6 @@
 //! flipped bit in a real report, or a simulated report edited and re-signed with the simulated
 //! VCEK so that only the rule under test can refuse it.
 
-
 use crate::common;
 
 use aasp::snp::attester::Attester;

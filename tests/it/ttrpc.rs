@@ -3,7 +3,6 @@
 //! messages over the raw payload), every AttestationAgentService RPC, and the layer-key round
 //! trip through keyprovider.KeyProviderService.
 
-
 use crate::common;
 
 use aasp::cli::dev::DEMO_RSA_KEY;

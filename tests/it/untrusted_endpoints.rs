@@ -3,7 +3,6 @@
 //! PERMISSION_DENIED before any report, MAA call, token fetch or connection. A plain TCP
 //! listener plays the rogue KMS/MAA and counts the connections it gets: none.
 
-
 use crate::common;
 
 use aasp::cli::dev::{DEMO_OCT_KEY, DEMO_RSA_KEY};
