@@ -11,7 +11,6 @@ use aasp::proto::keyprovider::{
 };
 use base64::Engine;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use std::sync::{Arc, Mutex};
 
 /// The most a status message may carry (`aasp::echo::MESSAGE_MAX`).
 const MESSAGE_MAX: usize = 1024;
@@ -19,19 +18,6 @@ const MESSAGE_MAX: usize = 1024;
 /// The start of a long text, for an assertion message.
 fn cut(text: &str) -> String {
     text.chars().take(300).collect()
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A JSON value that refuses an object with the same key twice, at any depth.
@@ -84,18 +70,12 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_caller_strings_are_cut_and_json_lines_have_unique_keys() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = common::capture_logs(tracing::Level::INFO, true).await;
 
     let stack = common::Dev::start().await;
     let url = stack.grpc_url();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let before = captured.0.lock().unwrap().len();
+    let before = captured.len();
 
     // A 2.5 MB key reference, five times (it fits the 4 MiB message limit as base64).
     let key_ref = format!("aasp:{}", "k".repeat(2_500_000));
@@ -153,7 +133,7 @@ async fn huge_caller_strings_are_cut_and_json_lines_have_unique_keys() {
         assert!(status.message().len() <= MESSAGE_MAX + 64);
     }
 
-    let log = captured.0.lock().unwrap().clone();
+    let log = captured.bytes();
     let grown = log.len() - before;
     assert!(grown < 256 << 10, "the log grew by {grown} bytes");
     let text = String::from_utf8(log).unwrap();

@@ -15,29 +15,10 @@ use aasp::proto::keyprovider::{
 };
 use base64::Engine;
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_the_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = common::capture_logs(tracing::Level::TRACE, false).await;
 
     let stack = common::Dev::start().await;
     let url = stack.grpc_url();
@@ -98,7 +79,7 @@ async fn no_secret_reaches_the_logs() {
     .unwrap();
     let signature = token.rsplit('.').next().unwrap().to_owned();
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = String::from_utf8_lossy(&captured.bytes()).into_owned();
     assert!(
         logs.contains("rpc done") && logs.contains("keyprovider/UnWrapKey"),
         "the capture works"

@@ -138,3 +138,100 @@ pub fn body_or_noise(
         proptest::collection::vec(any::<u8>(), 0..300)
     ]
 }
+
+/// Logs captured process-wide while a test holds the capture. The tests share one process, so
+/// one global subscriber is installed once with a reloadable layer; a capturing test swaps its
+/// writer in and out, and capturing tests run one at a time. Other tests' logs written meanwhile
+/// land in the same buffer, which only widens what the capturing tests check.
+pub struct LogCapture {
+    buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+#[derive(Clone)]
+struct SharedWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type CaptureLayer =
+    Option<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>>;
+type CaptureFilter = tracing_subscriber::filter::LevelFilter;
+type Layered = tracing_subscriber::layer::Layered<
+    tracing_subscriber::reload::Layer<CaptureLayer, tracing_subscriber::Registry>,
+    tracing_subscriber::Registry,
+>;
+
+struct CaptureHandles {
+    layer: tracing_subscriber::reload::Handle<CaptureLayer, tracing_subscriber::Registry>,
+    // A global level filter: per-layer filters cannot be reloaded.
+    filter: tracing_subscriber::reload::Handle<CaptureFilter, Layered>,
+}
+
+fn capture_handles() -> &'static CaptureHandles {
+    use tracing_subscriber::layer::SubscriberExt;
+    static HANDLES: OnceLock<CaptureHandles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        let (layer, layer_handle) = tracing_subscriber::reload::Layer::new(None);
+        let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(CaptureFilter::OFF);
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(layer).with(filter),
+        )
+        .unwrap();
+        CaptureHandles {
+            layer: layer_handle,
+            filter: filter_handle,
+        }
+    })
+}
+
+/// Captures every log line at `level` and above (JSON lines when `json`) until dropped.
+pub async fn capture_logs(level: tracing::Level, json: bool) -> LogCapture {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = TURN.lock().await;
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = SharedWriter(buffer.clone());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(move || writer.clone());
+    let layer: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
+        if json {
+            Box::new(fmt.json())
+        } else {
+            Box::new(fmt)
+        };
+    let handles = capture_handles();
+    handles.layer.reload(Some(layer)).unwrap();
+    handles
+        .filter
+        .reload(CaptureFilter::from_level(level))
+        .unwrap();
+    LogCapture {
+        buffer,
+        _turn: turn,
+    }
+}
+
+impl LogCapture {
+    /// Everything captured so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.buffer.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buffer.lock().unwrap().len()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        let handles = capture_handles();
+        let _ = handles.filter.reload(CaptureFilter::OFF);
+        let _ = handles.layer.reload(None);
+    }
+}
