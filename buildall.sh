@@ -30,8 +30,17 @@ need_python() {
   fi
 }
 
+need_encfs_tools() {
+  # tests/it/encfs_luks2.rs runs real cryptsetup, mkfs.ext4 and debugfs on plain files.
+  if ! command -v cryptsetup >/dev/null || ! command -v mkfs.ext4 >/dev/null || ! command -v debugfs >/dev/null; then
+    echo "buildall: installing cryptsetup-bin and e2fsprogs for the encfs tests" >&2
+    apt-get update -qq && apt-get install -y -qq cryptsetup-bin e2fsprogs >/dev/null
+  fi
+}
+
 run_tests() {
   need_rust
+  need_encfs_tools
   cargo fmt --all -- --check
   cargo clippy --locked --all-targets -- -D warnings
   cargo test --locked --all-targets

@@ -14,6 +14,7 @@
 //! - `kbs`: the Trustee Key Broker Service client (RCAR, sessions, TEE key, JWE resources).
 //! - `provision`: the secret flow (attest → token → release → unwrap), caches, layer keys.
 //! - `service`: the gRPC services and the SKR REST API.
+//! - `encfs`: encrypted remote filesystems: `EncfsSideCarArgs`, LUKS2, sector crypto, images.
 //! - `emulator`: the local Azure stack for development and tests.
 //! - `proto`: the generated gRPC types of `proto/`.
 
@@ -23,6 +24,7 @@ pub mod azure;
 pub mod cli;
 pub mod echo;
 pub mod emulator;
+pub mod encfs;
 pub mod env;
 pub mod files;
 pub mod hardening;

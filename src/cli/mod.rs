@@ -13,6 +13,7 @@ pub mod attestation_agent;
 mod azure;
 mod config;
 pub mod dev;
+pub mod encfs;
 mod kbs;
 mod report;
 pub mod serve;
@@ -97,6 +98,8 @@ enum Command {
     /// Drop-in for Microsoft's SKR sidecar (also run as `skr.sh`): reads its SkrSideCarArgs,
     /// Port, ServerType, LogLevel and LogFile and serves its REST API or gRPC on 127.0.0.1:Port.
     Skr(skr::SkrArgs),
+    /// Encrypted filesystems (the SKR `encfs` sidecar's images): make and check them.
+    Encfs(encfs::EncfsArgs),
     /// Ask a running aasp for its gRPC health; exits 0 only when it is SERVING (for container
     /// health checks and Kubernetes exec probes, which reach the loopback listener).
     Health {
@@ -494,6 +497,7 @@ pub fn main() -> ExitCode {
             Command::Wrap(args) => wrap::run(args).await,
             Command::Kbs { command } => kbs::run(command).await,
             Command::Skr(args) => skr::run(args).await,
+            Command::Encfs(args) => encfs::run(args),
             Command::Health { target } => health(&target).await,
         }
     })
