@@ -48,16 +48,18 @@ fn content(dir: &Path) -> PathBuf {
     from
 }
 
-/// An ext4 image encrypted by real cryptsetup (offline `reencrypt --encrypt`, which encrypts
-/// the data in user space), with the given extra options.
+/// An ext4 image of `content` encrypted by real cryptsetup (offline `reencrypt --encrypt`,
+/// which encrypts the data in user space), with the given extra options.
 fn cryptsetup_image(dir: &Path, name: &str, key: &[u8], extra: &[&str]) -> PathBuf {
+    let from = content(&dir.join(format!("{name}.content")));
     let key_file = dir.join(format!("{name}.key"));
     std::fs::write(&key_file, key).unwrap();
     let img = dir.join(name);
     let file = std::fs::File::create(&img).unwrap();
     file.set_len(48 << 20).unwrap();
     run(Command::new(tool("mkfs.ext4"))
-        .args(["-q", "-F", "-b", "4096"])
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&from)
         .arg(&img)
         .arg("32M"));
     run(Command::new(tool("cryptsetup"))
@@ -89,6 +91,21 @@ fn parse_prefixes(bytes: &[u8]) -> Result<Luks2Header, Luks2Error> {
         }
     }
     panic!("parse asked for more than twice");
+}
+
+/// Decrypts the whole payload with aasp and reads `/hello.txt` from it with debugfs (which
+/// reads an ext4 file system without mounting it): every block the file system needs to find
+/// the file must have decrypted right, not only the first sector.
+fn hello_in(volume: &aasp::encfs::luks2::Volume, image: &[u8], dir: &Path) -> Vec<u8> {
+    let mut plain = image[volume.data_offset() as usize..].to_vec();
+    let len = volume.data_size(image.len() as u64) as usize;
+    volume.decrypt(0, &mut plain[..len]).unwrap();
+    let plain_file = dir.join("plain.ext4");
+    std::fs::write(&plain_file, &plain[..len]).unwrap();
+    run(Command::new(tool("debugfs"))
+        .args(["-R", "cat /hello.txt"])
+        .arg(&plain_file))
+    .stdout
 }
 
 fn ext4_magic_of(volume: &aasp::encfs::luks2::Volume, image: &[u8]) -> [u8; 2] {
@@ -141,6 +158,11 @@ fn cryptsetup_images_parse_unlock_and_decrypt() {
         let (header, volume) = open(&img, key).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(volume.data_offset(), header.data_offset());
         assert_eq!(ext4_magic_of(&volume, &bytes), [0x53, 0xef], "{name}");
+        assert_eq!(
+            hello_in(&volume, &bytes, dir.path()),
+            b"hello from an encfs image\n",
+            "{name}"
+        );
         // The whole filesystem decrypts: its last block is readable too (sizes agree).
         let size = volume.data_size(bytes.len() as u64);
         assert!(size >= 32 << 20, "{name}: payload {size}");
@@ -192,15 +214,10 @@ fn aasp_images_open_with_cryptsetup() {
     assert!(checked.ext4);
     let (_, volume) = open(&img, &key).unwrap();
     let bytes = std::fs::read(&img).unwrap();
-    let mut plain = bytes[volume.data_offset() as usize..].to_vec();
-    let len = volume.data_size(bytes.len() as u64) as usize;
-    volume.decrypt(0, &mut plain[..len]).unwrap();
-    let plain_file = dir.path().join("plain.ext4");
-    std::fs::write(&plain_file, &plain[..len]).unwrap();
-    let cat = run(Command::new(tool("debugfs"))
-        .args(["-R", "cat /hello.txt"])
-        .arg(&plain_file));
-    assert_eq!(cat.stdout, b"hello from an encfs image\n");
+    assert_eq!(
+        hello_in(&volume, &bytes, dir.path()),
+        b"hello from an encfs image\n"
+    );
 }
 
 #[test]
