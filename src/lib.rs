@@ -14,7 +14,8 @@
 //! - `kbs`: the Trustee Key Broker Service client (RCAR, sessions, TEE key, JWE resources).
 //! - `provision`: the secret flow (attest → token → release → unwrap), caches, layer keys.
 //! - `service`: the gRPC services and the SKR REST API.
-//! - `encfs`: encrypted remote filesystems: `EncfsSideCarArgs`, LUKS2, sector crypto, images.
+//! - `encfs`: encrypted remote filesystems: `EncfsSideCarArgs`, LUKS2, sector crypto, images,
+//!   blob storage, FUSE and loop mounts.
 //! - `emulator`: the local Azure stack for development and tests.
 //! - `proto`: the generated gRPC types of `proto/`.
 

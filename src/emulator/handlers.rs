@@ -145,7 +145,41 @@ fn require_metadata_header(headers: &HeaderMap) -> Result<(), Failure> {
 pub(super) const MAX_ACCESS_TOKENS: usize = 10_000;
 
 pub(super) fn issue_access_token(state: &State) -> String {
-    let token = random_hex(32);
+    remember_access_token(state, random_hex(32))
+}
+
+/// The audience Azure Storage accepts (with or without a trailing slash).
+pub(super) const STORAGE_AUDIENCE: &str = "https://storage.azure.com";
+
+/// A token for `resource` (an IMDS resource, or an Entra scope without `/.default`). Storage
+/// tokens are JWTs, because storage emulators (Azurite's `--oauth basic`) read their `aud`,
+/// `iss` and times: signed with the MAA key, which nobody checks here; the others stay opaque.
+pub(super) fn issue_token_for(state: &State, resource: &str) -> String {
+    if resource.trim_end_matches('/') != STORAGE_AUDIENCE {
+        return issue_access_token(state);
+    }
+    let issued = now();
+    let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let claims = json!({
+        "aud": STORAGE_AUDIENCE,
+        "iss": format!("https://sts.windows.net/{tenant}/"),
+        "iat": issued,
+        "nbf": issued - 60,
+        "exp": issued + ACCESS_TOKEN_LIFETIME.as_secs() as i64,
+        "tid": tenant,
+        "appid": "aasp-emulator",
+        "oid": random_hex(16),
+        "jti": random_hex(16),
+    });
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": state.maa_kid});
+    match sign_rs256(&header, &claims, &state.maa_key) {
+        Ok(token) => remember_access_token(state, token),
+        // Signing with a generated key does not fail; an opaque token is refused by storage.
+        Err(_) => issue_access_token(state),
+    }
+}
+
+fn remember_access_token(state: &State, token: String) -> String {
     state.counters.tokens.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut tokens) = state.access_tokens.lock() {
         if tokens.len() >= MAX_ACCESS_TOKENS {
@@ -185,7 +219,7 @@ async fn imds_token(
     }
     let lifetime = ACCESS_TOKEN_LIFETIME.as_secs();
     Ok(Json(json!({
-        "access_token": issue_access_token(&state),
+        "access_token": issue_token_for(&state, resource),
         "expires_in": lifetime.to_string(),
         "expires_on": (now() as u64 + lifetime).to_string(),
         "resource": resource,
@@ -213,8 +247,10 @@ async fn entra_token(
     {
         return Err(bad_request("unsupported client_assertion_type"));
     }
+    let scope = form.get("scope").map(String::as_str).unwrap_or_default();
+    let resource = scope.strip_suffix("/.default").unwrap_or(scope);
     Ok(Json(json!({
-        "access_token": issue_access_token(&state),
+        "access_token": issue_token_for(&state, resource),
         "expires_in": ACCESS_TOKEN_LIFETIME.as_secs(),
         "token_type": "Bearer",
     })))

@@ -6,6 +6,7 @@
 //! Owns the emulated services and fault injection. Must not know aasp's own services: it is a
 //! peer that production clients talk to over real sockets.
 
+pub mod blob;
 pub mod faults;
 mod handlers;
 pub mod kbs;
@@ -118,6 +119,7 @@ pub(crate) struct State {
     faults: RwLock<Faults>,
     counters: Arc<Counters>,
     kbs: Arc<kbs::Kbs>,
+    blobs: Arc<blob::Blobs>,
 }
 
 /// A running emulator; dropping it does not stop it, `shutdown` does.
@@ -130,6 +132,8 @@ pub struct Running {
     pub counters: Arc<Counters>,
     /// The emulated KBS: seed resources, change its policy, count its calls.
     pub kbs: Arc<kbs::Kbs>,
+    /// The emulated blob storage: seed page blobs, read what was written.
+    pub blobs: Arc<blob::Blobs>,
     state: Arc<State>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -188,6 +192,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let counters = Arc::new(Counters::default());
     let kbs = Arc::new(kbs::Kbs::new(config.kbs));
+    let blobs = Arc::new(blob::Blobs::default());
     let state = Arc::new(State {
         maa_key,
         maa_kid,
@@ -204,6 +209,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         faults: RwLock::new(config.faults),
         counters: Arc::clone(&counters),
         kbs: Arc::clone(&kbs),
+        blobs: Arc::clone(&blobs),
     });
 
     let tls = tls_config(pki.server_chain_der, pki.server_key_der)?;
@@ -214,7 +220,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .local_addr()
         .map_err(|e| Error::Io(e.to_string()))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let router = handlers::router(Arc::clone(&state)).merge(kbs::router(Arc::clone(&state)));
+    let router = handlers::router(Arc::clone(&state))
+        .merge(kbs::router(Arc::clone(&state)))
+        .merge(blob::router(Arc::clone(&state)));
     tokio::spawn(serve(listener, tls, router, Arc::clone(&state), stopped));
     Ok(Running {
         addr,
@@ -222,6 +230,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ca_path: pki.ca_path,
         counters,
         kbs,
+        blobs,
         state,
         stop,
     })

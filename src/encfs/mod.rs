@@ -10,6 +10,10 @@
 //!   unlocked data segment.
 //! - `xts`: AES-XTS over one sector.
 //! - `format`, `image`: new images (`aasp encfs create`) and offline checks (`aasp encfs check`).
+//! - `blob`: Azure Blob Storage (HEAD, ranged GET, Put Page, Put Blob), credentials and retries.
+//! - `cache`: the bounded block cache between a blob and the FUSE file: read-ahead, write-back.
+//! - `fuse`: one device served as a FUSE file; `mount`, `sys`: loop devices, ext4 mounts and
+//!   upstream's symlink contract, undone step by step.
 //!
 //! # The volume API (what the mount side uses)
 //! Read the image's first [`luks2::BINARY_HEADER_LEN`] bytes and call
@@ -23,11 +27,16 @@
 //!
 //! # Must not know
 //! gRPC or REST; which backend released the key (it gets a [`passphrase::Passphrase`] or the
-//! released JWK); HTTP.
+//! released JWK). HTTP only in `blob`.
 
 pub mod args;
+pub mod blob;
+pub mod cache;
 pub mod format;
+pub mod fuse;
 pub mod image;
 pub mod luks2;
+pub mod mount;
 pub mod passphrase;
+pub mod sys;
 pub mod xts;

@@ -16,6 +16,7 @@ mod cli;
 mod cli_azure;
 mod deploy;
 mod dev_trust;
+mod encfs_blob;
 mod encfs_luks2;
 mod hardening;
 mod kbs_cli;
