@@ -7,10 +7,15 @@
 //! - [`Mode::Private`] (0600 files, 0700 directories) for anything secret or trusted;
 //!   [`Mode::Public`] (0644) only for material meant to be read by others (certificates, public
 //!   keys, the ocicrypt client configuration).
+//! - A destination that is a symbolic link or not a regular file is refused, and left as it is:
+//!   `--out` onto a link to `/proc/self/fd/1` or onto `/dev/stdout` must not replace the link or
+//!   the device node with a file holding a private key.
 //! - A file is written to a fresh temporary name in the same directory (`O_CREAT|O_EXCL`, so
 //!   never through a planted symlink), given its mode on the open descriptor, then renamed over
-//!   the target: readers see the old or the new content, never half a file, and a symlink at the
-//!   target is replaced rather than followed.
+//!   the target: readers see the old or the new content, never half a file, and a link planted
+//!   after the check is replaced, never followed.
+//! - [`write_output`] is the one rule for a command's output: a file, or standard output when
+//!   none (or `-`) is named; raw bytes are not written to a terminal.
 //! - A directory gets its mode when created and is tightened when it already exists.
 
 use std::io::{self, Write};
@@ -58,7 +63,57 @@ pub fn write(path: &Path, bytes: &[u8], mode: Mode) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
+/// `path` must not exist, or be a regular file (not a symbolic link to one).
+fn check_destination(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symbolic link: aasp does not write through or over links (name the file \
+             itself, or remove the link)",
+        )),
+        Ok(meta) if !meta.is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "exists and is not a regular file (a device, directory, pipe or socket): name a \
+             file path, or `-` for standard output",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A command's output: to the file `dest` (written as [`write`] writes, so never onto a link or
+/// a non-regular file), or to standard output when `dest` is `None` or `-`. `binary` output is
+/// refused on a terminal (raw bytes garble it and stay in its scrollback): the error says to
+/// name a file or pipe it. A reader that closed the pipe (`| head`) ends the output quietly.
+pub fn write_output(dest: Option<&Path>, bytes: &[u8], binary: bool, mode: Mode) -> io::Result<()> {
+    use std::io::IsTerminal;
+    match dest.filter(|d| d.as_os_str() != "-") {
+        Some(path) => write(path, bytes, mode),
+        None => {
+            let stdout = io::stdout();
+            let terminal = stdout.is_terminal();
+            to_stdout(&mut stdout.lock(), terminal, bytes, binary)
+        }
+    }
+}
+
+fn to_stdout(out: &mut impl Write, terminal: bool, bytes: &[u8], binary: bool) -> io::Result<()> {
+    if binary && terminal {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "standard output is a terminal and the output is raw bytes: write it to a file with \
+             --out FILE, or pipe it (| xxd, > FILE)",
+        ));
+    }
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| io::Error::new(e.kind(), format!("standard output: {e}"))),
+    }
+}
+
 fn write_inner(path: &Path, bytes: &[u8], mode: Mode) -> io::Result<()> {
+    check_destination(path)?;
     use std::sync::atomic::{AtomicU64, Ordering};
     // A name of its own per writer: two processes (or threads) sharing a directory must not
     // write into each other's temporary file.
@@ -156,15 +211,42 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_at_the_target_is_replaced_not_followed() {
+    fn a_symlink_or_a_non_regular_file_at_the_target_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"keep").unwrap();
         let link = dir.path().join("ca.pem");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        write_public(&link, b"cert").unwrap();
+        let err = write_private(&link, b"secret").unwrap_err().to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
-        assert_eq!(std::fs::read(&link).unwrap(), b"cert");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A dangling link too: writing would create its target.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(write_output(Some(&dangling), b"x", false, Mode::Private).is_err());
+        assert!(!dir.path().join("nowhere").exists());
+        for not_a_file in [Path::new("/dev/null"), dir.path()] {
+            let err = write_private(not_a_file, b"secret")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        // Nothing was left behind but what the test made.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn raw_bytes_are_not_written_to_a_terminal() {
+        let mut out = Vec::new();
+        let err = to_stdout(&mut out, true, b"\x00\x01", true).unwrap_err();
+        assert!(err.to_string().contains("--out FILE"), "{err}");
+        assert!(out.is_empty());
+        to_stdout(&mut out, true, b"text\n", false).unwrap();
+        to_stdout(&mut out, false, b"\x00\x01", true).unwrap();
+        assert_eq!(out, b"text\n\x00\x01");
     }
 }

@@ -7,7 +7,6 @@ use crate::snp::evidence::Evidence;
 use crate::snp::report::{report_data_for_runtime, ReportView};
 use crate::snp::verify::verify_report_with;
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -138,9 +137,10 @@ fn print_report(
             )
         }
         ReportFormat::Hex => println!("{}", hex::encode(raw)),
-        ReportFormat::Raw => std::io::stdout()
-            .write_all(raw)
-            .map_err(|e| format!("standard output: {e}"))?,
+        ReportFormat::Raw => {
+            crate::files::write_output(None, raw, true, crate::files::Mode::Public)
+                .map_err(|e| e.to_string())?
+        }
         ReportFormat::Evidence => match evidence {
             Some(evidence) => println!("{}", evidence.to_json()),
             None => return Err("evidence output needs the certificate chain".into()),

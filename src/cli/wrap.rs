@@ -4,7 +4,6 @@ use super::{read_input, TlsArgs};
 use crate::azure::identity::{resource_for_host, IdentityProvider};
 use crate::azure::jwk::KeyFamily;
 use crate::azure::kms::KmsClient;
-use crate::http::RetryPolicy;
 use crate::provision::layer::{resolve, wrap_rsa, WrappingKey};
 use clap::Args;
 use std::path::PathBuf;
@@ -25,9 +24,10 @@ pub struct WrapArgs {
     /// RSA-2048, 318 for RSA-3072, 446 for RSA-4096.
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// Where to write base64(annotation JSON): the value keyprovider's `annotation` carries.
+    /// Where to write base64(annotation JSON): the value keyprovider's `annotation` carries
+    /// (not onto a link or a non-regular file); without it, or with `-`, standard output.
     #[arg(long = "out", value_name = "FILE")]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// For a KMS URL: file holding an access token (else workload identity, else IMDS).
     #[arg(long, value_name = "FILE")]
     access_token_file: Option<PathBuf>,
@@ -62,11 +62,11 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
                 args.imds_endpoint.clone(),
                 None,
             )?;
-            let access = IdentityProvider::new(client.clone(), source, RetryPolicy::default())
+            let access = IdentityProvider::new(client.clone(), source, args.tls.retry_policy())
                 .token(resource_for_host(resolved.key.key_url().host()))
                 .await
                 .map_err(|e| e.to_string())?;
-            let bundle = KmsClient::new(client, anchors, RetryPolicy::default())
+            let bundle = KmsClient::new(client, anchors, args.tls.retry_policy())
                 .get(resolved.key.key_url(), &access)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -82,14 +82,22 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
     };
     let packet = wrap_rsa(&resolved, &public, &secret).map_err(|e| e.to_string())?;
     // The annotation travels with the image: public, but written with an explicit mode.
-    crate::files::write_public(&args.output, packet.to_annotation().as_bytes())
-        .map_err(|e| e.to_string())?;
+    crate::files::write_output(
+        args.output.as_deref(),
+        packet.to_annotation().as_bytes(),
+        false,
+        crate::files::Mode::Public,
+    )
+    .map_err(|e| e.to_string())?;
+    let into = match args.output.as_deref().filter(|p| p.as_os_str() != "-") {
+        Some(path) => path.display().to_string(),
+        None => "standard output".into(),
+    };
     eprintln!(
-        "wrapped {} bytes for {} ({}) into {}",
+        "wrapped {} bytes for {} ({}) into {into}",
         secret.len(),
         resolved.key,
         packet.wrap_type,
-        args.output.display()
     );
     Ok(ExitCode::SUCCESS)
 }
