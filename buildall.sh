@@ -90,12 +90,12 @@ image() {
 }
 
 # Figures for BENCHMARKS.md, all against release builds on loopback. Seconds per load run:
-# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load rpc cold ready rss criterion handoff mixed").
+# BENCH_SECONDS (default 5). Parts: BENCH_PARTS (default "load rpc cold ready rss criterion handoff mixed fleet").
 bench() {
   need_rust
   cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss \
-    --example rpc_cost --example bare_server --example handoff
-  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion handoff mixed}
+    --example rpc_cost --example bare_server --example handoff --example fleet
+  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion handoff mixed fleet}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
   case " $parts " in *" load "*) bench_dev_stack "$seconds" ;; esac
   case " $parts " in *" rpc "*)
@@ -130,6 +130,10 @@ bench() {
     target/release/examples/handoff --rounds 3 --calls 1000 | grep -v "^round" ;;
   esac
   case " $parts " in *" mixed "*) bench_mixed "$seconds" ;; esac
+  case " $parts " in *" fleet "*)
+    echo "== a fleet scaling out against throttling: 40 aasp key release processes, emulator answering 429 to half of all requests"
+    target/release/examples/fleet --aasp target/release/aasp --processes 40 --faults status=429@0.5 ;;
+  esac
 }
 
 # SayHello latency alone and under 4 clients repeating UnWrapKey (RSA-3072, warm), with the

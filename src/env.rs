@@ -80,6 +80,10 @@ pub const AASP_ALLOW_MAA_HOST: &str = "AASP_ALLOW_MAA_HOST";
 pub const AASP_KBS_URL: &str = "AASP_KBS_URL";
 /// `--kbs-cert`: PEM file of the KBS certificate (or CA) to trust instead of the system roots.
 pub const AASP_KBS_CERT: &str = "AASP_KBS_CERT";
+/// `--kbs-max-resource`: the largest KBS resource body aasp reads, in bytes.
+pub const AASP_KBS_MAX_RESOURCE: &str = "AASP_KBS_MAX_RESOURCE";
+/// `--retry-budget`: seconds an upstream call keeps retrying when no RPC deadline bounds it.
+pub const AASP_RETRY_BUDGET: &str = "AASP_RETRY_BUDGET";
 /// `--kbs-key-algorithm`: the TEE key for KBS resources (`ECDH-ES+A256KW` or `RSA-OAEP-256`).
 pub const AASP_KBS_KEY_ALGORITHM: &str = "AASP_KBS_KEY_ALGORITHM";
 /// `--aa-config`: an upstream attestation-agent config TOML (`[token_configs.kbs]`).

@@ -101,34 +101,116 @@ fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpSetupError> {
     Ok(certs)
 }
 
-/// Bounded retries for idempotent-enough upstream calls: transport errors, 408, 429 (honouring
-/// `Retry-After`) and 5xx are retried with jittered exponential backoff.
+/// Retries bounded by time, not by a count. Transient answers (transport errors, 408, 429, 5xx)
+/// are retried with jittered exponential backoff, honouring `Retry-After`, until the caller's
+/// deadline: the RPC's (set with [`with_deadline`] where a call enters aasp), else `budget` from
+/// the first attempt (one-shot commands, start-up, background work). A throttling upstream is
+/// what a fleet scaling out meets, so giving up after a fixed few attempts would crash-loop pods
+/// that a little patience serves. What cannot succeed by waiting is not retried: TLS trust
+/// failures and 4xx other than 408/429.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    pub attempts: u32,
+    /// How long a call keeps trying when no caller deadline is in force.
+    pub budget: Duration,
     pub base_delay: Duration,
+    /// Longest backoff between two attempts (`Retry-After` may ask for more, within the deadline).
     pub max_delay: Duration,
+    /// The option that makes a CA trusted for this client (`--extra-ca`, `--kbs-cert`, or the
+    /// variable where a mode takes only variables), named when a certificate's issuer is unknown.
+    pub trust_option: &'static str,
+    /// Advice logged at once on the first transport failure (IMDS unreachable off Azure), so a
+    /// person does not wait out the budget without a word.
+    pub transport_hint: Option<&'static str>,
 }
+
+/// The trust options as advice names them: the flag, and the variable for modes that take only
+/// variables (`aasp skr`).
+pub const TRUST_EXTRA_CA: &str = "--extra-ca FILE (or AASP_EXTRA_CA)";
+pub const TRUST_KBS_CERT: &str = "--kbs-cert FILE (or AASP_KBS_CERT)";
+
+/// Default retry budget of one-shot commands and start-up work (`--retry-budget`).
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(15);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts: 4,
+            budget: DEFAULT_RETRY_BUDGET,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
+            trust_option: TRUST_EXTRA_CA,
+            transport_hint: None,
         }
     }
 }
 
-/// A request that failed before any response arrived, after every retry.
-#[derive(Debug, thiserror::Error)]
-#[error("{method} {url}: {reason} (after {attempts} attempts)")]
-pub struct TransportError {
+tokio::task_local! {
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `work` with `deadline` as the limit of every upstream retry inside it (the RPC's own
+/// deadline, so retries stop when nobody waits for the answer any more). Nested deadlines keep
+/// the earlier one.
+pub async fn with_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    work: F,
+) -> F::Output {
+    let deadline = DEADLINE
+        .try_with(|outer| (*outer).min(deadline))
+        .unwrap_or(deadline);
+    DEADLINE.scope(deadline, work).await
+}
+
+/// A request that got no usable answer: no response arrived before the deadline, or the
+/// failure is one that waiting cannot fix.
+/// Boxed: it travels inside every upstream error, which should stay small.
+#[derive(Debug)]
+pub struct TransportError(Box<TransportFailure>);
+
+/// What [`TransportError`] says.
+#[derive(Debug)]
+pub struct TransportFailure {
     pub method: String,
     pub url: String,
     pub reason: String,
     pub attempts: u32,
+    pub elapsed: Duration,
+    /// The server's certificate did not verify: a configuration matter, never retried.
+    pub trust_failure: bool,
+    /// What to do about it, when aasp knows.
+    pub advice: Option<String>,
 }
+
+impl std::ops::Deref for TransportError {
+    type Target = TransportFailure;
+    fn deref(&self) -> &TransportFailure {
+        &self.0
+    }
+}
+
+impl From<TransportFailure> for TransportError {
+    fn from(failure: TransportFailure) -> Self {
+        TransportError(Box::new(failure))
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let failure = &self.0;
+        let (method, url, reason) = (&failure.method, &failure.url, &failure.reason);
+        let plural = if failure.attempts == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{method} {url}: {reason} ({} attempt{plural} in {:.1?})",
+            failure.attempts, failure.elapsed
+        )?;
+        match &failure.advice {
+            Some(advice) => write!(f, ": {advice}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
 
 fn retryable(status: reqwest::StatusCode) -> bool {
     status == reqwest::StatusCode::REQUEST_TIMEOUT
@@ -136,13 +218,22 @@ fn retryable(status: reqwest::StatusCode) -> bool {
         || status.is_server_error()
 }
 
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
-        .ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn jittered(policy: &RetryPolicy, attempt: u32) -> Duration {
@@ -157,55 +248,139 @@ fn jittered(policy: &RetryPolicy, attempt: u32) -> Duration {
     exp / 2 + exp.mul_f64(f64::from(byte[0]) / 510.0)
 }
 
-/// Sends the request `build` makes, retrying as `policy` allows. Returns the last response
-/// (whatever its status) or the transport error; the caller interprets statuses.
+/// How a failed attempt ended, for the decision to retry.
+enum Failure {
+    /// Worth another attempt (refused connection, reset, timeout).
+    Transient(String),
+    /// Waiting cannot fix it: the certificate did not verify.
+    Trust {
+        reason: String,
+        unknown_issuer: bool,
+    },
+}
+
+/// Sends the request `build` makes, retrying transient failures until the deadline (see
+/// [`RetryPolicy`]). Returns the last response (whatever its status: the caller interprets
+/// statuses) or the transport error.
 pub async fn send_with_retry(
     build: impl Fn() -> reqwest::RequestBuilder,
     policy: &RetryPolicy,
 ) -> Result<reqwest::Response, TransportError> {
-    let mut attempt = 0;
+    let started = tokio::time::Instant::now();
+    let rpc_deadline = DEADLINE.try_with(|d| *d).ok();
+    let deadline = rpc_deadline.unwrap_or(started + policy.budget);
+    let mut attempt: u32 = 0;
     loop {
+        attempt += 1;
+        let give_up = |method: String, url: String, reason: String| TransportFailure {
+            method,
+            url,
+            reason,
+            attempts: attempt,
+            elapsed: started.elapsed(),
+            trust_failure: false,
+            advice: policy.transport_hint.map(str::to_owned),
+        };
         // Built once per attempt (a JSON body is serialized once), then sent as built.
         let (client, request) = build().build_split();
-        let request = request.map_err(|e| TransportError {
-            method: "?".into(),
-            url: e.url().map(|u| u.to_string()).unwrap_or_default(),
-            reason: e.to_string(),
-            attempts: attempt + 1,
+        let request = request.map_err(|e| {
+            give_up(
+                "?".into(),
+                e.url().map(redact_query).unwrap_or_default(),
+                e.to_string(),
+            )
         })?;
         let (method, url) = (request.method().to_string(), redact_query(request.url()));
         let upstream = crate::metrics::upstream_of(request.url().path());
-        let last = attempt + 1 >= policy.attempts;
-        let sent = client.execute(request).await;
+        // Under an RPC deadline the RPC's own timer ends a stalled attempt (DEADLINE_EXCEEDED
+        // to the caller); otherwise the budget does, here.
+        let sent = match rpc_deadline {
+            Some(_) => Ok(client.execute(request).await),
+            None => tokio::time::timeout_at(deadline, client.execute(request)).await,
+        };
         let outcome = match &sent {
-            Ok(response) => format!("{}xx", response.status().as_u16() / 100),
-            Err(_) => "transport_error".to_owned(),
+            Ok(Ok(response)) => format!("{}xx", response.status().as_u16() / 100),
+            _ => "transport_error".to_owned(),
         };
         crate::metrics::record_upstream(upstream, &outcome);
-        match sent {
-            Ok(response) if !retryable(response.status()) || last => return Ok(response),
-            Ok(response) => {
-                let delay = retry_after(&response)
-                    .unwrap_or_else(|| jittered(policy, attempt))
-                    .min(policy.max_delay);
+        let (failure, delay) = match sent {
+            Ok(Ok(response)) if !retryable(response.status()) => return Ok(response),
+            Ok(Ok(response)) => {
+                // At least what the upstream asked for, and never less than the backoff: a
+                // `Retry-After: 0` must not become a tight loop, nor a fleet retry in step.
+                let backoff = jittered(policy, attempt - 1);
+                let delay = retry_after(&response).map_or(backoff, |asked| asked.max(backoff));
+                if tokio::time::Instant::now() + delay >= deadline {
+                    // Nobody waits that long: the caller gets the upstream's own answer.
+                    return Ok(response);
+                }
                 tracing::debug!(%method, %url, status = %response.status(), ?delay, "retrying");
                 tokio::time::sleep(delay).await;
+                continue;
             }
-            Err(e) if last => {
-                return Err(TransportError {
-                    method,
-                    url,
-                    reason: transport_reason(&e),
-                    attempts: attempt + 1,
-                })
+            Ok(Err(e)) => (classify(&e), jittered(policy, attempt - 1)),
+            Err(_) => {
+                return Err(give_up(method, url, "no answer before the deadline".into()).into())
             }
-            Err(e) => {
-                tracing::debug!(%method, %url, reason = %transport_reason(&e), "retrying");
-                tokio::time::sleep(jittered(policy, attempt)).await;
+        };
+        match failure {
+            Failure::Trust {
+                reason,
+                unknown_issuer,
+            } => {
+                let advice = if unknown_issuer {
+                    Some(format!(
+                        "the server's certificate is issued by a CA aasp does not trust; if this \
+                         server is the right one, trust its CA with {} (a PEM file)",
+                        policy.trust_option
+                    ))
+                } else {
+                    Some("the server's certificate does not verify; not retried".to_owned())
+                };
+                return Err(TransportFailure {
+                    trust_failure: true,
+                    advice,
+                    ..give_up(method, url, reason)
+                }
+                .into());
+            }
+            Failure::Transient(reason) => {
+                if attempt == 1 {
+                    if let Some(hint) = policy.transport_hint {
+                        tracing::warn!(%url, %reason, "{hint}");
+                    }
+                }
+                if tokio::time::Instant::now() + delay >= deadline {
+                    return Err(give_up(method, url, reason).into());
+                }
+                tracing::debug!(%method, %url, %reason, ?delay, "retrying");
+                tokio::time::sleep(delay).await;
             }
         }
-        attempt += 1;
     }
+}
+
+/// A transport error is transient unless the server's certificate failed verification.
+fn classify(e: &reqwest::Error) -> Failure {
+    let reason = transport_reason(e);
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = next {
+        if let Some(rustls::Error::InvalidCertificate(cert)) = error.downcast_ref() {
+            return Failure::Trust {
+                reason,
+                unknown_issuer: matches!(cert, rustls::CertificateError::UnknownIssuer),
+            };
+        }
+        // An io::Error's `source()` skips the error it wraps (the TLS stack wraps rustls's
+        // error in one io::Error, and that in another): step into it instead.
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    Failure::Transient(reason)
 }
 
 /// URLs are logged and put into errors without their query (which could carry a client id).
@@ -360,30 +535,170 @@ fn endpoint_error(text: &str, reason: &'static str) -> EndpointError {
     }
 }
 
-/// Reads a response body into a buffer that is zeroized on drop (tokens travel in these
-/// bodies), refusing bodies over `limit` bytes.
-pub async fn read_body_zeroizing(
+/// How much of a response body aasp reads: sized to what the protocol needs, so that an
+/// upstream (or the host, for THIM and IMDS) cannot make aasp hold what it likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    /// The body, as the error names it ("KBS challenge").
+    pub what: &'static str,
+    pub bytes: usize,
+    /// The option that raises the limit, when one does.
+    pub option: Option<&'static str>,
+}
+
+impl BodyLimit {
+    pub const fn new(what: &'static str, bytes: usize) -> Self {
+        BodyLimit {
+            what,
+            bytes,
+            option: None,
+        }
+    }
+
+    pub const fn with_option(self, option: &'static str) -> Self {
+        BodyLimit {
+            option: Some(option),
+            ..self
+        }
+    }
+}
+
+/// The limits of every upstream body, in one place (docs/reliability.md lists them).
+pub mod limits {
+    use super::BodyLimit;
+    const KIB: usize = 1024;
+    /// `{"nonce", "extra-params"}`: a nonce is tens of bytes.
+    pub const KBS_CHALLENGE: BodyLimit = BodyLimit::new("KBS challenge (/auth)", 4 * KIB);
+    /// `{"token"}`: Trustee's token carries the evidence's claims.
+    pub const KBS_TOKEN: BodyLimit = BodyLimit::new("KBS token (/attest)", 256 * KIB);
+    /// Default of `--kbs-max-resource` (the JWE body of one resource).
+    pub const KBS_RESOURCE_DEFAULT: usize = 1024 * KIB;
+    /// THIM's JSON, AzCache's PEM, a KDS VCEK or chain: a few KiB of certificates.
+    pub const CERT_CHAIN: BodyLimit = BodyLimit::new("certificate chain", 64 * KIB);
+    /// An IMDS or Entra ID token response: a token of a few KiB.
+    pub const ACCESS_TOKEN: BodyLimit = BodyLimit::new("access token response", 64 * KIB);
+    /// MAA's `{"token"}` (claims include the runtime data) and its JWKS.
+    pub const MAA: BodyLimit = BodyLimit::new("MAA response", 256 * KIB);
+    /// A Managed HSM / Key Vault answer: a release JWS with its x5c chain, a key.
+    pub const KMS: BodyLimit = BodyLimit::new("KMS response", 256 * KIB);
+    /// The part of an error body (any status other than 2xx) read for its message.
+    pub const ERROR_BODY: usize = 16 * KIB;
+}
+
+/// A body aasp did not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{url}: the {what} is larger than aasp's limit of {limit} bytes{announced}{raise}",
+        announced = announced.map(|n| format!(" (Content-Length {n})")).unwrap_or_default(),
+        raise = option.map(|o| format!("; {o} raises the limit")).unwrap_or_default())]
+    TooLarge {
+        url: String,
+        what: &'static str,
+        limit: usize,
+        announced: Option<u64>,
+        option: Option<&'static str>,
+    },
+    #[error("{url}: reading the {what}: {reason}")]
+    Transport {
+        url: String,
+        what: &'static str,
+        reason: String,
+    },
+}
+
+/// Reads a body of at most `limit.bytes`: refused at once when `Content-Length` announces more,
+/// and reading stops at the limit when it does not (chunked), so at most one chunk more than the
+/// limit is ever held. The buffer is zeroized on drop (tokens and keys travel in these bodies).
+pub async fn read_body(
     mut response: reqwest::Response,
-    limit: usize,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    limit: BodyLimit,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, BodyError> {
+    let url = redact_query(response.url());
+    let too_large = |announced| BodyError::TooLarge {
+        url: url.clone(),
+        what: limit.what,
+        limit: limit.bytes,
+        announced,
+        option: limit.option,
+    };
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > limit.bytes as u64) {
+        return Err(too_large(announced));
+    }
     let mut body = zeroize::Zeroizing::new(Vec::new());
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_reason(&e))? {
-        if body.len().saturating_add(chunk.len()) > limit {
-            return Err(format!("the response is larger than {limit} bytes"));
+    loop {
+        let chunk = response.chunk().await.map_err(|e| BodyError::Transport {
+            url: url.clone(),
+            what: limit.what,
+            reason: transport_reason(&e),
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        let len = body.len().saturating_add(chunk.len());
+        if len > limit.bytes {
+            return Err(too_large(announced));
         }
         // Grown by hand: a Vec that reallocates leaves its old copy behind, unzeroized.
-        if body.capacity() < body.len() + chunk.len() {
+        if body.capacity() < len {
             let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
-                (body.len() + chunk.len())
-                    .max(body.capacity() * 2)
-                    .min(limit),
+                len.max(body.capacity().saturating_mul(2)).min(limit.bytes),
             ));
             bigger.extend_from_slice(&body);
             body = bigger;
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+}
+
+/// The start of an error body (any non-2xx answer), for its message: at most
+/// [`limits::ERROR_BODY`] bytes are read and the rest is left unread, so an error never fails
+/// for its size and never costs more than that.
+pub async fn read_error_body(mut response: reqwest::Response) -> String {
+    let mut body = zeroize::Zeroizing::new(Vec::new());
+    while body.len() < limits::ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limits::ERROR_BODY - body.len();
+                body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Counts the bytes a serialization writes, so the real buffer is allocated once at its final
+/// size (a growing `Vec` would leave unzeroized copies behind at each reallocation).
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `value` as JSON in a zeroizing buffer (a request or reply that carries a token or a key),
+/// never through a `serde_json::Value` or a `String` that would leave copies in freed memory.
+pub fn zeroizing_json<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *out, value)?;
+    Ok(out)
+}
+
+/// Bytes whose storage is zeroized when the last reference (a sent request or response body)
+/// is dropped; clones share it.
+pub fn zeroizing_bytes(secret: zeroize::Zeroizing<Vec<u8>>) -> hyper::body::Bytes {
+    hyper::body::Bytes::from_owner(secret)
 }
 
 /// A client that trusts only the certificates of `pem` (a pinned server certificate or its CA,
@@ -412,22 +727,159 @@ pub fn client_pinned(options: &HttpOptions, pem: &str) -> Result<reqwest::Client
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn bodies_are_read_whole_or_refused_over_the_limit() {
+    async fn serve(router: axum::Router) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router =
-            axum::Router::new().route("/", axum::routing::get(|| async { "x".repeat(5000) }));
         tokio::spawn(async move { axum::serve(listener, router).await });
-        let get = || reqwest::Client::new().get(format!("http://{addr}/")).send();
-        let body = read_body_zeroizing(get().await.unwrap(), 5000)
+        addr
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_or_refused_over_the_limit() {
+        // `/` announces its length; `/chunked` does not, and would go on for ever.
+        let router = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "x".repeat(5000) }))
+            .route(
+                "/chunked",
+                axum::routing::get(|| async {
+                    let chunk = axum::body::Bytes::from_static(&[b'x'; 1000]);
+                    let endless = futures_util::stream::repeat_with(move || {
+                        Ok::<_, std::io::Error>(chunk.clone())
+                    });
+                    axum::body::Body::from_stream(endless)
+                }),
+            );
+        let addr = serve(router).await;
+        let get = |path: &str| {
+            reqwest::Client::new()
+                .get(format!("http://{addr}{path}"))
+                .send()
+        };
+        let limit = |bytes| BodyLimit::new("test body", bytes);
+        let body = read_body(get("/").await.unwrap(), limit(5000))
             .await
             .unwrap();
         assert_eq!(body.as_slice(), "x".repeat(5000).as_bytes());
-        let err = read_body_zeroizing(get().await.unwrap(), 4999)
+        let err = read_body(get("/").await.unwrap(), limit(4999))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "test body is larger than aasp's limit of 4999 bytes (Content-Length 5000)"
+            ),
+            "{err}"
+        );
+        let err = read_body(
+            get("/chunked").await.unwrap(),
+            limit(64 * 1024).with_option("--test-max"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("limit of 65536 bytes; --test-max raises the limit"),
+            "{err}"
+        );
+        // An error body is read only as far as its message needs.
+        let message = read_error_body(get("/chunked").await.unwrap()).await;
+        assert_eq!(message.len(), limits::ERROR_BODY);
+    }
+
+    /// Answers 429 with `retry_after` to the first `throttled` requests, then 200; counts them.
+    async fn throttling(
+        throttled: usize,
+        retry_after: &'static str,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&seen);
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < throttled {
+                        axum::response::IntoResponse::into_response((
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [(axum::http::header::RETRY_AFTER, retry_after)],
+                        ))
+                    } else {
+                        axum::response::IntoResponse::into_response("ok")
+                    }
+                }
+            }),
+        );
+        (serve(router).await, seen)
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_until_the_budget_not_a_count() {
+        use std::sync::atomic::Ordering;
+        // Six throttled answers: more than any fixed count of attempts aasp used to allow.
+        let (addr, seen) = throttling(6, "0").await;
+        let client = reqwest::Client::new();
+        let quick = RetryPolicy {
+            base_delay: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        };
+        let response = send_with_retry(|| client.get(format!("http://{addr}/")), &quick)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured_and_retries_stop_at_the_callers_deadline() {
+        use std::sync::atomic::Ordering;
+        let (addr, seen) = throttling(usize::MAX, "1").await;
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        // The RPC's deadline, 2.5 s away, wins over the 15 s budget.
+        let response = with_deadline(
+            tokio::time::Instant::now() + Duration::from_millis(2500),
+            send_with_retry(
+                || client.get(format!("http://{addr}/")),
+                &RetryPolicy::default(),
+            ),
+        )
+        .await
+        .unwrap();
+        // Attempts at 0, 1 and 2 s; a fourth at 3 s would be past the deadline, so the caller
+        // gets the upstream's own answer at once.
+        assert_eq!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "Retry-After: 1 was honoured"
+        );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_are_retried_within_the_budget_and_then_reported() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let client = reqwest::Client::new();
+        let policy = RetryPolicy {
+            budget: Duration::from_secs(1),
+            transport_hint: Some("try the other door"),
+            ..RetryPolicy::default()
+        };
+        let err = send_with_retry(|| client.get(format!("http://{addr}/")), &policy)
             .await
             .unwrap_err();
-        assert!(err.contains("larger than 4999 bytes"), "{err}");
+        assert!(err.attempts > 1, "{err}");
+        assert!(!err.trust_failure);
+        let text = err.to_string();
+        assert!(
+            text.contains("attempts in") && text.ends_with(": try the other door"),
+            "{text}"
+        );
     }
 
     /// A redirect to another origin is not followed: on a 307 reqwest would send the body (a

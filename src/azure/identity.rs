@@ -3,7 +3,7 @@
 //! per resource until shortly before they expire, and dropped when the KMS refuses them.
 
 use crate::azure::{status_error, Error, Result, Secret};
-use crate::http::{read_body_zeroizing, send_with_retry, RetryPolicy};
+use crate::http::{limits, read_body, read_error_body, send_with_retry, RetryPolicy};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,10 +15,13 @@ pub const DEFAULT_IMDS_BASE: &str = "http://169.254.169.254";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 pub const MHSM_RESOURCE: &str = "https://managedhsm.azure.net";
 pub const VAULT_RESOURCE: &str = "https://vault.azure.net";
+/// Said at once when IMDS does not answer: off Azure it never will, and the retries that follow
+/// would otherwise leave a person waiting in silence.
+pub const IMDS_HINT: &str = "IMDS (managed identity) did not answer; off Azure, give aasp a token \
+    instead: --access-token-file FILE (or AASP_ACCESS_TOKEN_FILE), with FILE made by \
+    `az account get-access-token --resource https://managedhsm.azure.net --query accessToken -o tsv > FILE`";
 /// Tokens are refreshed this long before they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
-/// Token responses are a few kilobytes.
-const MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub enum IdentitySource {
@@ -146,11 +149,13 @@ impl IdentityProvider {
                 }
                 let path = format!("{base}/metadata/identity/oauth2/token");
                 let url = format!("{path}?{}", url_encode_form(&query));
-                let response = send_with_retry(
-                    || self.client.get(&url).header("Metadata", "true"),
-                    &self.retry,
-                )
-                .await?;
+                let retry = RetryPolicy {
+                    transport_hint: Some(IMDS_HINT),
+                    ..self.retry
+                };
+                let response =
+                    send_with_retry(|| self.client.get(&url).header("Metadata", "true"), &retry)
+                        .await?;
                 // Errors name the path only: the query carries the client id.
                 token_response(response, "IMDS", &path).await
             }
@@ -239,21 +244,15 @@ async fn token_response(
     url: &str,
 ) -> Result<(Secret, Duration)> {
     let status = response.status();
-    let body = read_body_zeroizing(response, MAX_BODY)
-        .await
-        .map_err(|reason| Error::BadResponse {
-            service,
-            url: url.to_owned(),
-            reason,
-        })?;
     if !status.is_success() {
         return Err(status_error(
             service,
             url,
             status,
-            &String::from_utf8_lossy(&body),
+            &read_error_body(response).await,
         ));
     }
+    let body = read_body(response, limits::ACCESS_TOKEN).await?;
     let body: TokenBody = serde_json::from_slice(&body).map_err(|_| Error::BadResponse {
         service,
         url: url.to_owned(),
@@ -294,10 +293,7 @@ mod tests {
                 base: format!("http://{addr}"),
                 client_id: Some("0b1f6a52-secret-client-id".into()),
             },
-            RetryPolicy {
-                attempts: 1,
-                ..RetryPolicy::default()
-            },
+            RetryPolicy::default(),
         );
         let err = provider.token(MHSM_RESOURCE).await.unwrap_err().to_string();
         assert!(err.contains("HTTP 400"), "{err}");

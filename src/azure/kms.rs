@@ -5,7 +5,9 @@ use crate::azure::jwk::Jwk;
 use crate::azure::jws::{verify_x5c, Anchors};
 use crate::azure::policy::ReleasePolicy;
 use crate::azure::{status_error, Error, Result, Secret};
-use crate::http::{quoted, read_body_zeroizing, send_with_retry, Endpoint, RetryPolicy};
+use crate::http::{
+    limits, quoted, read_body, read_error_body, send_with_retry, Endpoint, RetryPolicy,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -13,9 +15,6 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 pub const API_VERSION: &str = "7.4";
-
-/// KMS answers (a key, a release JWS with its certificate chain) are kilobytes; 4 MiB is ample.
-const MAX_BODY: usize = 4 << 20;
 
 /// `https://<kms-host>/keys/<name>[/<version>]`, validated: the host is the one connected to
 /// (and the one the release JWS must be signed for), the name and version are what Key Vault
@@ -180,16 +179,25 @@ impl KmsClient {
         method: reqwest::Method,
         url: String,
         access: &Secret,
-        body: Option<&Value>,
+        body: Option<&(impl serde::Serialize + ?Sized)>,
     ) -> Result<Value> {
+        // Serialized once into storage that is zeroized when the last attempt's request drops it
+        // (a release body holds the MAA token, an import the key).
+        let body = body
+            .map(crate::http::zeroizing_json)
+            .transpose()
+            .map_err(|e| Error::Config(format!("request body: {e}")))?
+            .map(crate::http::zeroizing_bytes);
         let response = send_with_retry(
             || {
                 let mut request = self
                     .client
                     .request(method.clone(), &url)
                     .bearer_auth(access.expose());
-                if let Some(body) = body {
-                    request = request.json(body);
+                if let Some(body) = &body {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone());
                 }
                 request
             },
@@ -198,22 +206,16 @@ impl KmsClient {
         .await?;
         let status = response.status();
         let url = url.split('?').next().unwrap_or_default().to_owned();
-        // Bounded, and zeroized: a release response carries the wrapped key.
-        let body = read_body_zeroizing(response, MAX_BODY)
-            .await
-            .map_err(|reason| Error::BadResponse {
-                service: "KMS",
-                url: url.clone(),
-                reason,
-            })?;
         if !status.is_success() {
             return Err(status_error(
                 "KMS",
                 &url,
                 status,
-                &String::from_utf8_lossy(&body),
+                &read_error_body(response).await,
             ));
         }
+        // Bounded, and zeroized: a release response carries the wrapped key.
+        let body = read_body(response, limits::KMS).await?;
         serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
             service: "KMS",
             url,
@@ -232,7 +234,15 @@ impl KmsClient {
         enc: WrapAlgorithm,
     ) -> Result<Jwk> {
         let url = format!("{}/release?api-version={API_VERSION}", key.key_path());
-        let body = json!({ "target": maa_token.expose(), "enc": enc.name() });
+        #[derive(serde::Serialize)]
+        struct ReleaseBody<'a> {
+            target: &'a str,
+            enc: &'a str,
+        }
+        let body = ReleaseBody {
+            target: maa_token.expose(),
+            enc: enc.name(),
+        };
         let response = self
             .call(reqwest::Method::POST, url.clone(), access, Some(&body))
             .instrument(tracing::debug_span!("kms_release"))
@@ -276,7 +286,9 @@ impl KmsClient {
 
     pub async fn get(&self, key: &KeyUrl, access: &Secret) -> Result<KeyBundle> {
         let url = format!("{}?api-version={API_VERSION}", key.key_path());
-        let value = self.call(reqwest::Method::GET, url, access, None).await?;
+        let value = self
+            .call(reqwest::Method::GET, url, access, None::<&Value>)
+            .await?;
         serde_json::from_value(value).map_err(|e| Error::BadResponse {
             service: "KMS",
             url: key.key_path(),

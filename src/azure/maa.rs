@@ -2,7 +2,7 @@
 
 use crate::azure::jws::{Compact, Jwks};
 use crate::azure::{status_error, Error, Result, Secret};
-use crate::http::{read_body_zeroizing, send_with_retry, Endpoint, RetryPolicy};
+use crate::http::{limits, read_body, read_error_body, send_with_retry, Endpoint, RetryPolicy};
 use crate::snp::evidence::Evidence;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE;
@@ -11,9 +11,6 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 pub const API_VERSION: &str = "2020-10-01";
-
-/// MAA's answers (a token, error documents) are a few kilobytes; more is not MAA.
-const MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct MaaClient {
@@ -90,29 +87,18 @@ impl MaaClient {
             "initTimeData": { "data": "", "dataType": "" },
             "nonce": u64::from_le_bytes(nonce),
         });
-        let (status, body) = async {
+        let body = async {
             let response =
                 send_with_retry(|| self.client.post(&url).json(&body), &self.retry).await?;
             let status = response.status();
-            let body = read_body_zeroizing(response, MAX_BODY)
-                .await
-                .map_err(|reason| Error::BadResponse {
-                    service: "MAA",
-                    url: self.base.clone(),
-                    reason,
-                })?;
-            Ok::<_, Error>((status, body))
+            if !status.is_success() {
+                let message = read_error_body(response).await;
+                return Err(status_error("MAA", &self.base, status, &message));
+            }
+            Ok::<_, Error>(read_body(response, limits::MAA).await?)
         }
         .instrument(tracing::debug_span!("maa_attest"))
         .await?;
-        if !status.is_success() {
-            return Err(status_error(
-                "MAA",
-                &self.base,
-                status,
-                &String::from_utf8_lossy(&body),
-            ));
-        }
         #[derive(serde::Deserialize)]
         struct Reply {
             token: Secret,
@@ -138,13 +124,7 @@ impl MaaClient {
                 message: String::new(),
             });
         }
-        let body = read_body_zeroizing(response, MAX_BODY)
-            .await
-            .map_err(|reason| Error::BadResponse {
-                service: "MAA",
-                url: url.clone(),
-                reason,
-            })?;
+        let body = read_body(response, limits::MAA).await?;
         serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
             service: "MAA",
             url,

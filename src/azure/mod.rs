@@ -11,13 +11,16 @@ pub mod kms;
 pub mod maa;
 pub mod policy;
 
-use crate::http::TransportError;
+use crate::http::{BodyError, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The upstream could not be reached (after retries).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The upstream's body is over the limit aasp reads, or broke off.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// The upstream answered with an error status we cannot act on.
     #[error("{service} {url}: HTTP {status}: {message}")]
     Upstream {

@@ -7,7 +7,6 @@ use crate::azure::kms::{KeySpec, KeyUrl, KmsClient};
 use crate::azure::policy::{ReleasePolicy, UvmRequirement};
 use crate::azure::Secret;
 use crate::emulator::faults::Faults;
-use crate::http::RetryPolicy;
 use crate::snp::attester::Attester;
 use crate::snp::sim::Simulated;
 use clap::{Args, Subcommand};
@@ -151,14 +150,14 @@ impl KmsArgs {
         let identity = IdentityProvider::new(
             client.clone(),
             self.identity_source()?,
-            RetryPolicy::default(),
+            self.tls.retry_policy(),
         );
         let access = identity
             .token(resource_for_host(self.key()?.host()))
             .await
             .map_err(|e| e.to_string())?;
         Ok((
-            KmsClient::new(client, anchors, RetryPolicy::default()),
+            KmsClient::new(client, anchors, self.tls.retry_policy()),
             access,
         ))
     }
@@ -485,21 +484,14 @@ async fn release(
     let (client, anchors) = kms.tls.client_and_anchors()?;
     let chains = chain_args.chain_cache(attester.as_ref(), &attester_args.state_dir(), &client)?;
     let source = kms.identity_source()?;
+    let retry = kms.tls.retry_policy();
     let provisioner = crate::provision::Provisioner::new(crate::provision::ProvisionerParts {
         attester,
         chains: std::sync::Arc::new(chains),
-        identity: std::sync::Arc::new(IdentityProvider::new(
-            client.clone(),
-            source,
-            RetryPolicy::default(),
-        )),
-        kms: std::sync::Arc::new(KmsClient::new(
-            client.clone(),
-            anchors,
-            RetryPolicy::default(),
-        )),
+        identity: std::sync::Arc::new(IdentityProvider::new(client.clone(), source, retry)),
+        kms: std::sync::Arc::new(KmsClient::new(client.clone(), anchors, retry)),
         http: client,
-        retry: RetryPolicy::default(),
+        retry,
         cache_ttl: std::time::Duration::ZERO,
         // The operator named both on the command line: they are allowed as given.
         allow: crate::provision::allow::AllowList::with(

@@ -298,10 +298,7 @@ async fn import_demo_keys(
     keys_dir: &Path,
     key_store: &Path,
 ) -> Result<(), String> {
-    let client = TlsArgs {
-        extra_ca: Some(emulator.ca_path.clone()),
-    }
-    .client()?;
+    let client = TlsArgs::with_extra_ca(Some(emulator.ca_path.clone())).client()?;
     let identity = IdentityProvider::new(
         client.clone(),
         IdentitySource::Imds {

@@ -4,7 +4,6 @@
 use super::read_input;
 use crate::kbs::jwe::{encrypt, KeyAlgorithm, TeeKeyPair, TeePubKey};
 use clap::Subcommand;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +13,10 @@ pub enum KbsCommand {
     GetResource {
         /// `kbs:///<repository>/<type>/<tag>`.
         uri: String,
+        /// Where to write the resource (0600; not onto a link or a non-regular file); without
+        /// it, or with `-`, standard output, which must not be a terminal (raw bytes).
+        #[arg(long = "out", value_name = "FILE")]
+        output: Option<PathBuf>,
         #[command(flatten)]
         backend: Box<super::serve::BackendArgs>,
     },
@@ -23,6 +26,7 @@ pub enum KbsCommand {
         /// ECDH-ES+A256KW (P-256) or RSA-OAEP-256.
         #[arg(long, default_value = "ECDH-ES+A256KW")]
         alg: KeyAlgorithm,
+        /// Where to write the private key PEM (0600; not onto a link or a non-regular file).
         #[arg(long = "out", value_name = "FILE")]
         output: PathBuf,
     },
@@ -37,22 +41,27 @@ pub enum KbsCommand {
     Decrypt {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// Where to write the plaintext (0600); without it, or with `-`, standard output, which
+        /// must not be a terminal (raw bytes).
+        #[arg(long = "out", value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 
 pub async fn run(command: KbsCommand) -> Result<ExitCode, String> {
     match command {
-        KbsCommand::GetResource { uri, backend } => {
+        KbsCommand::GetResource {
+            uri,
+            output,
+            backend,
+        } => {
             let backend = backend.build()?;
             let plaintext = backend
                 .provisioner
                 .kbs_resource(&uri)
                 .await
                 .map_err(|e| e.to_string())?;
-            std::io::stdout()
-                .write_all(&plaintext)
-                .and_then(|()| std::io::stdout().flush())
-                .map_err(|e| format!("standard output: {e}"))?;
+            write_secret(output.as_deref(), &plaintext)?;
         }
         KbsCommand::Keygen { alg, output } => {
             let pair = TeeKeyPair::generate(alg).map_err(|e| e.to_string())?;
@@ -68,20 +77,23 @@ pub async fn run(command: KbsCommand) -> Result<ExitCode, String> {
             let jwe = encrypt(&public, &plaintext).map_err(|e| e.to_string())?;
             say!("{jwe}");
         }
-        KbsCommand::Decrypt { key } => {
+        KbsCommand::Decrypt { key, output } => {
             let pem = zeroize::Zeroizing::new(read_input(&key)?);
             let pem = std::str::from_utf8(&pem)
                 .map_err(|_| format!("{}: not PEM text", key.display()))?;
             let pair = TeeKeyPair::from_pem(pem).map_err(|e| e.to_string())?;
             let jwe = read_input(std::path::Path::new("-"))?;
             let plaintext = pair.decrypt(&jwe).map_err(|e| e.to_string())?;
-            std::io::stdout()
-                .write_all(&plaintext)
-                .and_then(|()| std::io::stdout().flush())
-                .map_err(|e| format!("standard output: {e}"))?;
+            write_secret(output.as_deref(), &plaintext)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Plaintext resource bytes: to `--out` (owner-only) or standard output, never a terminal.
+fn write_secret(output: Option<&std::path::Path>, bytes: &[u8]) -> Result<(), String> {
+    crate::files::write_output(output, bytes, true, crate::files::Mode::Private)
+        .map_err(|e| e.to_string())
 }
 
 /// A private key file: owner-only whatever the umask or an existing file's mode.

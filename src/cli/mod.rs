@@ -193,16 +193,38 @@ impl SimArgs {
     }
 }
 
-/// Outbound TLS settings.
+/// Outbound HTTPS settings: trust and patience.
 #[derive(Debug, Args)]
 pub struct TlsArgs {
     /// PEM file of extra CA certificates trusted for outbound HTTPS and for release-response
     /// signatures (TLS verification always stays on).
     #[arg(long, env = env::AASP_EXTRA_CA, value_name = "FILE")]
     pub extra_ca: Option<PathBuf>,
+    /// Seconds an upstream call keeps retrying transient failures (429, 503, 408, connection
+    /// errors, with backoff honouring Retry-After) when no RPC deadline bounds it: one-shot
+    /// commands, start-up, background work. Calls made for an RPC retry until its deadline.
+    #[arg(long, env = env::AASP_RETRY_BUDGET, value_name = "SECONDS",
+        default_value_t = crate::http::DEFAULT_RETRY_BUDGET.as_secs())]
+    pub retry_budget: u64,
 }
 
 impl TlsArgs {
+    /// Trusts `extra_ca`, with the default retry budget.
+    pub fn with_extra_ca(extra_ca: Option<PathBuf>) -> Self {
+        TlsArgs {
+            extra_ca,
+            retry_budget: crate::http::DEFAULT_RETRY_BUDGET.as_secs(),
+        }
+    }
+
+    /// How upstream calls retry: for `--retry-budget` seconds unless an RPC deadline says less.
+    pub fn retry_policy(&self) -> crate::http::RetryPolicy {
+        crate::http::RetryPolicy {
+            budget: std::time::Duration::from_secs(self.retry_budget),
+            ..Default::default()
+        }
+    }
+
     pub fn client(&self) -> Result<reqwest::Client, String> {
         self.client_with_roots(&crate::http::system_roots())
     }

@@ -5,7 +5,6 @@ use super::{AttesterArgs, ChainArgs, TlsArgs};
 use crate::azure::identity::IdentityProvider;
 use crate::azure::kms::KmsClient;
 use crate::env;
-use crate::http::RetryPolicy;
 use crate::provision::{Provisioner, ProvisionerParts};
 use crate::service::conn::ConnectionLimits;
 use crate::service::{grpc_router, report_readiness, Backend, Bound, Limits, Listen};
@@ -146,9 +145,7 @@ impl BackendArgs {
                 cert_endpoint: Some(emulator_url.to_owned()),
                 trust_root: Vec::new(),
             },
-            tls: TlsArgs {
-                extra_ca: Some(emulator_ca.to_path_buf()),
-            },
+            tls: TlsArgs::with_extra_ca(Some(emulator_ca.to_path_buf())),
             self_check: false,
             requirements: Default::default(),
         }
@@ -174,7 +171,7 @@ impl BackendArgs {
             self.imds_endpoint.clone(),
             client_id,
         )?;
-        let retry = RetryPolicy::default();
+        let retry = self.tls.retry_policy();
         let mut allow =
             crate::provision::allow::AllowList::with(&self.allow_kms_host, &self.allow_maa_host)?;
         if let Some(maa) = &self.maa_endpoint {
@@ -235,7 +232,7 @@ impl BackendArgs {
 
 /// Where the Trustee KBS is. When none is configured, KBS requests fail with
 /// FAILED_PRECONDITION and everything else works as before.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 pub struct KbsArgs {
     /// Trustee KBS base URL (https://kbs.example:8080). Without it: `[token_configs.kbs]` of
     /// --aa-config, then AA_KBC_PARAMS, then `agent.aa_kbc_params=cc_kbc::<url>` on the kernel
@@ -253,6 +250,23 @@ pub struct KbsArgs {
     /// `tee_key_algorithm`) names the KBS when --kbs-url does not.
     #[arg(long, env = env::AASP_AA_CONFIG, value_name = "FILE")]
     pub aa_config: Option<PathBuf>,
+    /// Largest KBS resource aasp reads, in bytes of the KBS's answer (the JWE, about 4/3 of the
+    /// plaintext plus a few hundred bytes); a larger one fails naming this limit.
+    #[arg(long, env = env::AASP_KBS_MAX_RESOURCE, value_name = "BYTES",
+        default_value_t = crate::http::limits::KBS_RESOURCE_DEFAULT)]
+    pub kbs_max_resource: usize,
+}
+
+impl Default for KbsArgs {
+    fn default() -> Self {
+        KbsArgs {
+            kbs_url: None,
+            kbs_cert: None,
+            kbs_key_algorithm: crate::kbs::KeyAlgorithm::default(),
+            aa_config: None,
+            kbs_max_resource: crate::http::limits::KBS_RESOURCE_DEFAULT,
+        }
+    }
 }
 
 impl KbsArgs {
@@ -291,7 +305,7 @@ impl KbsArgs {
         };
         tracing::info!(url = %settings.url, source = settings.source, "Trustee KBS backend");
         provisioner
-            .with_kbs(&settings, http)
+            .with_kbs(&settings, http, self.kbs_max_resource)
             .map_err(|e| e.to_string())
     }
 }

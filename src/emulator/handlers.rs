@@ -83,6 +83,7 @@ pub(super) async fn inject_faults(
             request.headers_mut().insert("host", authority);
         }
     }
+    state.counters.requests.fetch_add(1, Ordering::SeqCst);
     let drawn = state.faults.read().map(|f| f.draw()).unwrap_or_default();
     for fault in drawn {
         match fault {

@@ -77,12 +77,18 @@ impl Config {
 /// Calls the emulator served, by kind: tests count flights with these.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Every request, whatever it asked for and whatever fault answered it.
+    pub requests: AtomicU64,
     pub maa_attest: AtomicU64,
     pub releases: AtomicU64,
     pub tokens: AtomicU64,
 }
 
 impl Counters {
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
     pub fn maa(&self) -> u64 {
         self.maa_attest.load(Ordering::SeqCst)
     }

@@ -9,7 +9,7 @@
 
 use super::jwe::{KeyAlgorithm, TeeKeyPair, TeePubKey};
 use super::{status_error, Error, ResourceUri, Result};
-use crate::http::{send_with_retry, RetryPolicy};
+use crate::http::{limits, read_body, read_error_body, send_with_retry, BodyLimit, RetryPolicy};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures_util::future::BoxFuture;
@@ -47,7 +47,12 @@ pub struct KbsOptions {
     pub url: String,
     pub key_algorithm: KeyAlgorithm,
     pub retry: RetryPolicy,
+    /// Largest resource body (the JWE) read from the KBS: `--kbs-max-resource`.
+    pub max_resource: usize,
 }
+
+/// The option that raises [`KbsOptions::max_resource`], as errors name it.
+pub const MAX_RESOURCE_OPTION: &str = "--kbs-max-resource (AASP_KBS_MAX_RESOURCE)";
 
 /// An attestation token the KBS issued: a bearer credential, so zeroized and never printed.
 #[derive(Clone, zeroize::ZeroizeOnDrop)]
@@ -195,15 +200,13 @@ impl KbsClient {
             .instrument(tracing::debug_span!("kbs_resource"))
             .await?;
             let status = response.status();
-            let body = Zeroizing::new(
-                response
-                    .bytes()
-                    .await
-                    .map(|b| b.to_vec())
-                    .unwrap_or_default(),
-            );
             match status {
-                s if s.is_success() => return session.tee_key.decrypt(&body),
+                s if s.is_success() => {
+                    let limit = BodyLimit::new("KBS resource", self.options.max_resource)
+                        .with_option(MAX_RESOURCE_OPTION);
+                    let body = read_body(response, limit).await?;
+                    return session.tee_key.decrypt(&body);
+                }
                 reqwest::StatusCode::UNAUTHORIZED if !renewed => {
                     // The KBS forgot the session (restart, expiry): attest again, once.
                     tracing::debug!("KBS answered 401 for a resource: renewing the session");
@@ -211,7 +214,7 @@ impl KbsClient {
                     renewed = true;
                 }
                 reqwest::StatusCode::NOT_FOUND => return Err(Error::NotFound(uri.to_string())),
-                s => return Err(status_error(&url, s, &String::from_utf8_lossy(&body))),
+                s => return Err(status_error(&url, s, &read_error_body(response).await)),
             }
         }
     }
@@ -232,17 +235,21 @@ impl KbsClient {
         .await?;
         let status = response.status();
         let cookie = session_cookie(response.headers());
-        let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(status_error(&auth_url, status, &text));
+            return Err(status_error(
+                &auth_url,
+                status,
+                &read_error_body(response).await,
+            ));
         }
+        let text = read_body(response, limits::KBS_CHALLENGE).await?;
         let bad = |reason: String| Error::BadResponse {
             url: auth_url.clone(),
             reason,
         };
         let cookie = cookie.ok_or_else(|| bad(format!("no {SESSION_COOKIE} cookie")))?;
         let challenge: Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("challenge: {e}")))?;
+            serde_json::from_slice(&text).map_err(|e| bad(format!("challenge: {e}")))?;
         let nonce = challenge
             .get("nonce")
             .and_then(Value::as_str)
@@ -284,11 +291,15 @@ impl KbsClient {
         .instrument(tracing::debug_span!("kbs_attest"))
         .await?;
         let status = response.status();
-        let text = Zeroizing::new(response.text().await.unwrap_or_default());
         if !status.is_success() {
-            return Err(status_error(&attest_url, status, &text));
+            return Err(status_error(
+                &attest_url,
+                status,
+                &read_error_body(response).await,
+            ));
         }
-        let token = serde_json::from_str::<Value>(&text)
+        let text = read_body(response, limits::KBS_TOKEN).await?;
+        let token = serde_json::from_slice::<Value>(&text)
             .ok()
             .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned))
             .ok_or_else(|| Error::BadResponse {

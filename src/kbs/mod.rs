@@ -14,13 +14,16 @@ pub use client::{EvidenceSource, KbsClient, KbsOptions, KbsToken};
 pub use jwe::{KeyAlgorithm, TeeKeyPair, TeePubKey};
 pub use resource::ResourceUri;
 
-use crate::http::TransportError;
+use crate::http::{BodyError, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The KBS could not be reached (after retries).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A KBS body over the limit aasp reads, or one that broke off.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// The KBS is busy or broken (408, 429, 5xx after retries).
     #[error("KBS {url}: HTTP {status}: {message}")]
     Upstream {

@@ -38,8 +38,13 @@ pub struct KbsTokenReply(pub Zeroizing<Vec<u8>>);
 
 impl Provisioner {
     /// Adds the KBS backend. `http` must already trust the KBS (see `crate::http::client_pinned`
-    /// for a pinned certificate).
-    pub fn with_kbs(mut self, settings: &KbsSettings, http: reqwest::Client) -> Result<Self> {
+    /// for a pinned certificate); `max_resource` bounds a resource body.
+    pub fn with_kbs(
+        mut self,
+        settings: &KbsSettings,
+        http: reqwest::Client,
+        max_resource: usize,
+    ) -> Result<Self> {
         let evidence = Arc::new(TeeEvidence {
             attester: Arc::clone(&self.attester),
             chains: Arc::clone(&self.chains),
@@ -49,7 +54,11 @@ impl Provisioner {
             KbsOptions {
                 url: settings.url.clone(),
                 key_algorithm: settings.key_algorithm,
-                retry: self.retry,
+                retry: crate::http::RetryPolicy {
+                    trust_option: crate::http::TRUST_KBS_CERT,
+                    ..self.retry
+                },
+                max_resource,
             },
             evidence,
         )?;

@@ -54,9 +54,12 @@ fn snp_kind(e: &SnpError) -> ErrorKind {
 
 fn azure_kind(e: &AzureError) -> ErrorKind {
     match e {
-        AzureError::Transport(_) | AzureError::Identity(_) | AzureError::BadResponse { .. } => {
-            ErrorKind::Unavailable
-        }
+        // A certificate that does not verify is configuration (a trusted CA), not an outage.
+        AzureError::Transport(e) if e.trust_failure => ErrorKind::FailedPrecondition,
+        AzureError::Transport(_)
+        | AzureError::Body(_)
+        | AzureError::Identity(_)
+        | AzureError::BadResponse { .. } => ErrorKind::Unavailable,
         AzureError::Upstream { status, .. }
             if *status >= 500 || *status == 429 || *status == 408 =>
         {
@@ -76,9 +79,11 @@ fn azure_kind(e: &AzureError) -> ErrorKind {
 
 fn kbs_kind(e: &KbsError) -> ErrorKind {
     match e {
-        KbsError::Transport(_) | KbsError::Upstream { .. } | KbsError::BadResponse { .. } => {
-            ErrorKind::Unavailable
-        }
+        KbsError::Transport(e) if e.trust_failure => ErrorKind::FailedPrecondition,
+        KbsError::Transport(_)
+        | KbsError::Body(_)
+        | KbsError::Upstream { .. }
+        | KbsError::BadResponse { .. } => ErrorKind::Unavailable,
         // Trustee answers every refusal (evidence, policy, session) with 401.
         KbsError::Refused { .. } => ErrorKind::PermissionDenied,
         KbsError::NotFound(_) => ErrorKind::NotFound,

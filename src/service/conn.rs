@@ -659,7 +659,12 @@ impl RequestLimit {
                 .map_or(super::RPC_DEADLINE, |d| d.min(super::RPC_DEADLINE)),
             Protocol::Rest => super::RPC_DEADLINE,
         };
-        match tokio::time::timeout(deadline, self.admit(inner, request)).await {
+        // Upstream retries inside the call stop at the same deadline.
+        let call = crate::http::with_deadline(
+            tokio::time::Instant::now() + deadline,
+            self.admit(inner, request),
+        );
+        match tokio::time::timeout(deadline, call).await {
             Ok(response) => response,
             Err(_) => self.late(deadline),
         }

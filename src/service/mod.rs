@@ -259,7 +259,9 @@ pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::serve
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "not ready: attester or certificate chain unavailable, or the self-check failed");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                // Up to 30 s apart: a chain source that keeps failing (or a host answering
+                // garbage) is not asked again in a hot loop.
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -189,8 +189,9 @@ struct ReleaseRequest {
     akv_endpoint: String,
     #[serde(default)]
     kid: String,
+    /// A bearer credential: straight into a zeroizing `Secret`, never a plain `String`.
     #[serde(default)]
-    access_token: Option<String>,
+    access_token: Option<Secret>,
 }
 
 async fn key_release(
@@ -207,12 +208,8 @@ async fn key_release(
     } else {
         KeyRef::azure(&request.akv_endpoint, &request.kid, &maa)?
     };
-    let released = match request.access_token.filter(|t| !t.is_empty()) {
-        Some(token) => {
-            b.provisioner
-                .release_with_access(&key, &Secret::new(token))
-                .await?
-        }
+    let released = match request.access_token.filter(|t| !t.expose().is_empty()) {
+        Some(token) => b.provisioner.release_with_access(&key, &token).await?,
         None => b.provisioner.release(&key).await?,
     };
     // The sidecar's contract: the key is a JSON document inside a JSON string.

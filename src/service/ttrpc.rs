@@ -68,7 +68,10 @@ impl MethodHandler for Method {
         let deadline = deadline(ctx.timeout_nano);
         let result = match self.handlers.in_flight.acquire().await {
             Ok(_permit) => {
-                let call = dispatch(&self.handlers, self.service, self.name, &req.payload);
+                let call = crate::http::with_deadline(
+                    tokio::time::Instant::now() + deadline,
+                    dispatch(&self.handlers, self.service, self.name, &req.payload),
+                );
                 let result = tokio::time::timeout(deadline, call).await;
                 result.unwrap_or_else(|_| {
                     Err(tonic::Status::deadline_exceeded(format!(

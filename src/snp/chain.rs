@@ -139,10 +139,10 @@ async fn get_bytes(
     if !status.is_success() {
         return Err(format!("GET {url}: HTTP {status}"));
     }
-    let body = response
-        .bytes()
+    // The host answers THIM: it must not make aasp hold what it likes.
+    let body = crate::http::read_body(response, crate::http::limits::CERT_CHAIN)
         .await
-        .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+        .map_err(|e| e.to_string())?;
     Ok(body.to_vec())
 }
 

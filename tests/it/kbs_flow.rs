@@ -47,9 +47,10 @@ struct Stack {
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
-        attempts: 3,
+        budget: std::time::Duration::from_secs(1),
         base_delay: std::time::Duration::from_millis(20),
         max_delay: std::time::Duration::from_millis(200),
+        ..RetryPolicy::default()
     }
 }
 
@@ -89,6 +90,7 @@ impl Stack {
                 url: self.emulator.url.clone(),
                 key_algorithm,
                 retry: fast_retry(),
+                max_resource: aasp::http::limits::KBS_RESOURCE_DEFAULT,
             },
             self.evidence.clone(),
         )

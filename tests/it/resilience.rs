@@ -108,12 +108,12 @@ async fn upstream_faults_end_calls_cleanly_within_the_deadline_and_recovery_need
     ] {
         s.emulator.set_faults(faults.parse().unwrap());
         let started = Instant::now();
-        let status = agent
-            .get_token(GetTokenRequest {
-                token_type: "maa".into(),
-            })
-            .await
-            .expect_err(faults);
+        // Transient faults are retried until the caller's deadline: give one of a few seconds.
+        let mut request = tonic::Request::new(GetTokenRequest {
+            token_type: "maa".into(),
+        });
+        request.set_timeout(Duration::from_secs(3));
+        let status = agent.get_token(request).await.expect_err(faults);
         assert_eq!(status.code(), expected, "{faults}: {status:?}");
         assert!(started.elapsed() < aasp::service::RPC_DEADLINE, "{faults}");
     }
