@@ -33,8 +33,6 @@ pub const PAGE_SIZE: u64 = 512;
 pub const MAX_PUT_PAGE: usize = 4 << 20;
 /// The default time a call may take, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
-/// Error bodies are read up to this many bytes (their code travels in `x-ms-error-code`).
-const MAX_ERROR_BODY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -450,7 +448,7 @@ impl BlobClient {
                         .unwrap_or_default()
                         .to_owned();
                     // Drained (bounded) so the connection can be reused.
-                    let _ = crate::http::read_body_zeroizing(response, MAX_ERROR_BODY).await;
+                    let _ = crate::http::read_error_body(response).await;
                     let refused_token = matches!(status.as_u16(), 401 | 403)
                         && matches!(self.credential, Credential::Bearer(_))
                         && !token_refused;
