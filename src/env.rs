@@ -84,10 +84,15 @@ pub const AASP_KBS_CERT: &str = "AASP_KBS_CERT";
 pub const AASP_KBS_MAX_RESOURCE: &str = "AASP_KBS_MAX_RESOURCE";
 /// `--retry-budget`: seconds an upstream call keeps retrying when no RPC deadline bounds it.
 pub const AASP_RETRY_BUDGET: &str = "AASP_RETRY_BUDGET";
-/// `--kbs-key-algorithm`: the TEE key for KBS resources (`ECDH-ES+A256KW` or `RSA-OAEP-256`).
+/// `--kbs-key-algorithm`: the TEE key for KBS resources (`ECDH-ES+A256KW`, `ECDH-ES+A256KW-P521`
+/// or `RSA-OAEP-256`).
 pub const AASP_KBS_KEY_ALGORITHM: &str = "AASP_KBS_KEY_ALGORITHM";
 /// `--aa-config`: an upstream attestation-agent config TOML (`[token_configs.kbs]`).
 pub const AASP_AA_CONFIG: &str = "AASP_AA_CONFIG";
+/// `--allow-insecure-kbs`: accept a plain `http://` KBS named by `AA_KBC_PARAMS` or the kernel
+/// command line (the host's choice); an environment variable because kata-agent's command line
+/// for the agent is fixed.
+pub const AASP_ALLOW_INSECURE_KBS: &str = "AASP_ALLOW_INSECURE_KBS";
 /// Upstream attestation agent's `<kbc>::<uri>` (`cc_kbc::https://kbs:8080`), read before the
 /// kernel command line's `agent.aa_kbc_params=`.
 pub const AA_KBC_PARAMS: &str = "AA_KBC_PARAMS";

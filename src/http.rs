@@ -571,6 +571,8 @@ pub mod limits {
     pub const KBS_CHALLENGE: BodyLimit = BodyLimit::new("KBS challenge (/auth)", 4 * KIB);
     /// `{"token"}`: Trustee's token carries the evidence's claims.
     pub const KBS_TOKEN: BodyLimit = BodyLimit::new("KBS token (/attest)", 256 * KIB);
+    /// The token text a Trustee attestation service answers (`GetToken("coco_as")`).
+    pub const COCO_AS_TOKEN: BodyLimit = BodyLimit::new("attestation service token", 256 * KIB);
     /// Default of `--kbs-max-resource` (the JWE body of one resource).
     pub const KBS_RESOURCE_DEFAULT: usize = 1024 * KIB;
     /// THIM's JSON, AzCache's PEM, a KDS VCEK or chain: a few KiB of certificates.

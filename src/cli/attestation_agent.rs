@@ -9,12 +9,14 @@
 //! (guest-components `attestation-agent/src/bin/ttrpc-aa.rs`); aasp's own settings (attester,
 //! certificate source, MAA endpoint, ...) come from their `AASP_*` environment variables or
 //! flags. With `--initdata-toml` (or `--initdata-digest`) the init-data must match HOST_DATA
-//! before the socket appears, or the agent exits, as upstream's does.
+//! before the socket appears, or the agent exits, as upstream's does. Init-data that matched
+//! goes to the KBS in every RCAR attest request (Trustee checks it and puts its claims in the
+//! token), and its `aa.toml` names the KBS unless `--kbs-url` does.
 
 use super::serve::{self, BackendArgs, Running};
 use crate::env;
-use crate::service::attestation_agent::bind_init_data;
 use crate::service::Listen;
+use crate::snp::initdata::{check_host_data, VerifiedInitData};
 use clap::Parser;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -52,7 +54,8 @@ pub struct AgentArgs {
     #[arg(short = 'c', long)]
     pub config_file: Option<PathBuf>,
     /// Init-data TOML to check against HOST_DATA before serving (takes precedence over
-    /// `--initdata-digest`).
+    /// `--initdata-digest`). Once it matches, it is sent to the KBS with every attestation, and
+    /// its `aa.toml` names the KBS and the attestation service unless --kbs-url does.
     #[arg(short = 't', long, visible_alias = "initdata_toml")]
     pub initdata_toml: Option<PathBuf>,
     /// Init-data digest (standard base64) to check against HOST_DATA before serving.
@@ -121,24 +124,42 @@ fn socket_path(uri: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The digest to check, from `--initdata-toml` (preferred, as upstream) or `--initdata-digest`.
-fn initdata_digest(args: &AgentArgs) -> Result<Option<Vec<u8>>, String> {
+/// `--initdata-digest`, decoded. An empty digest binds nothing (upstream would pad it to zeros
+/// and match a launch without init-data), so it is refused.
+fn initdata_digest(b64: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+        Ok(digest) if !digest.is_empty() => Ok(digest),
+        Ok(_) => Err(
+            "--initdata-digest is empty; it is the init-data digest (SHA-256, -384 or -512)".into(),
+        ),
+        Err(_) => Err("--initdata-digest is not standard base64".into()),
+    }
+}
+
+/// Checks the init-data against HOST_DATA, before anything reads it (upstream's agent exits on
+/// a mismatch too); `--initdata-toml` takes precedence over `--initdata-digest`, as upstream.
+async fn verified_init_data(
+    args: &AgentArgs,
+    attester: &Arc<dyn crate::snp::attester::Attester>,
+) -> Result<Option<VerifiedInitData>, String> {
+    const MISMATCH: &str = "the init-data does not match this platform's HOST_DATA";
     if let Some(path) = &args.initdata_toml {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read --initdata-toml {}: {e}", path.display()))?;
-        return crate::snp::initdata::digest(&text)
-            .map(Some)
-            .map_err(|e| format!("--initdata-toml {}: {e}", path.display()));
+        let verified = VerifiedInitData::verify(attester, text)
+            .await
+            .map_err(|e| format!("--initdata-toml {}: {MISMATCH}: {e}", path.display()))?;
+        tracing::info!("init-data matches HOST_DATA");
+        return Ok(Some(verified));
     }
-    args.initdata_digest
-        .as_deref()
-        .map(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|_| "--initdata-digest is not standard base64".to_owned())
-        })
-        .transpose()
+    if let Some(b64) = &args.initdata_digest {
+        check_host_data(attester, &initdata_digest(b64)?)
+            .await
+            .map_err(|e| format!("{MISMATCH}: {e}"))?;
+        tracing::info!("init-data matches HOST_DATA");
+    }
+    Ok(None)
 }
 
 pub async fn run(mut args: AgentArgs) -> Result<ExitCode, String> {
@@ -156,13 +177,9 @@ pub async fn run(mut args: AgentArgs) -> Result<ExitCode, String> {
         args.backend.kbs.aa_config.clone_from(&args.config_file);
     }
     serve::check_listeners(&args.listen, args.backend_allows_remote())?;
-    let backend = args.backend.build()?;
-    if let Some(digest) = initdata_digest(&args)? {
-        bind_init_data(&backend, &digest)
-            .await
-            .map_err(|e| format!("the init-data does not match this platform's HOST_DATA: {e}"))?;
-        tracing::info!("init-data matches HOST_DATA");
-    }
+    let attester = args.backend.attester.open_or_await()?;
+    args.backend.kbs.initdata = verified_init_data(&args, &attester).await?.map(Arc::new);
+    let backend = args.backend.build_with(attester)?;
     // Upstream creates the socket's directory (kata-agent does not).
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)

@@ -23,7 +23,7 @@ pub enum KbsCommand {
     /// Make a TEE key pair: writes the private key PEM (as GetToken("kbs") returns it in
     /// `tee_keypair`) to --out and prints the public JWK (the `tee-pubkey` of an attestation).
     Keygen {
-        /// ECDH-ES+A256KW (P-256) or RSA-OAEP-256.
+        /// ECDH-ES+A256KW (P-256), ECDH-ES+A256KW-P521 or RSA-OAEP-256.
         #[arg(long, default_value = "ECDH-ES+A256KW")]
         alg: KeyAlgorithm,
         /// Where to write the private key PEM (0600; not onto a link or a non-regular file).

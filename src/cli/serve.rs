@@ -153,8 +153,16 @@ impl BackendArgs {
 
     /// Builds the backend; the transfer key starts generating in the background.
     pub fn build(&self) -> Result<Arc<Backend>, String> {
+        self.build_with(self.attester.open_or_await()?)
+    }
+
+    /// Builds the backend around an attester already opened (the attestation-agent personality
+    /// checks init-data with it first).
+    pub fn build_with(
+        &self,
+        attester: Arc<dyn crate::snp::attester::Attester>,
+    ) -> Result<Arc<Backend>, String> {
         let sidecar = crate::snp::chain::SideCarArgs::from_env()?;
-        let attester = self.attester.open_or_await()?;
         let (client, anchors) = self.tls.client_and_anchors()?;
         let chains =
             self.chain
@@ -235,19 +243,21 @@ impl BackendArgs {
 #[derive(Debug, Args)]
 pub struct KbsArgs {
     /// Trustee KBS base URL (https://kbs.example:8080). Without it: `[token_configs.kbs]` of
-    /// --aa-config, then AA_KBC_PARAMS, then `agent.aa_kbc_params=cc_kbc::<url>` on the kernel
-    /// command line.
+    /// the init-data's aa.toml (attestation-agent --initdata-toml), then of --aa-config, then
+    /// AA_KBC_PARAMS, then `agent.aa_kbc_params=cc_kbc::<url>` on the kernel command line.
     #[arg(long, env = env::AASP_KBS_URL, value_name = "URL")]
     pub kbs_url: Option<String>,
     /// PEM file of the KBS certificate (or its CA): trusted for the KBS instead of the system
     /// roots (upstream AA's `cert`).
     #[arg(long, env = env::AASP_KBS_CERT, value_name = "FILE")]
     pub kbs_cert: Option<PathBuf>,
-    /// TEE key the KBS encrypts resources to: ECDH-ES+A256KW (P-256) or RSA-OAEP-256.
+    /// TEE key the KBS encrypts resources to: ECDH-ES+A256KW (P-256), ECDH-ES+A256KW-P521 or
+    /// RSA-OAEP-256.
     #[arg(long, env = env::AASP_KBS_KEY_ALGORITHM, default_value = "ECDH-ES+A256KW")]
     pub kbs_key_algorithm: crate::kbs::KeyAlgorithm,
     /// Upstream attestation-agent config TOML; its `[token_configs.kbs]` (`url`, `cert`,
-    /// `tee_key_algorithm`) names the KBS when --kbs-url does not.
+    /// `tee_key_algorithm`) names the KBS when --kbs-url does not, and its
+    /// `[token_configs.coco_as]` (`url`) the attestation service of GetToken("coco_as").
     #[arg(long, env = env::AASP_AA_CONFIG, value_name = "FILE")]
     pub aa_config: Option<PathBuf>,
     /// Largest KBS resource aasp reads, in bytes of the KBS's answer (the JWE, about 4/3 of the
@@ -255,6 +265,16 @@ pub struct KbsArgs {
     #[arg(long, env = env::AASP_KBS_MAX_RESOURCE, value_name = "BYTES",
         default_value_t = crate::http::limits::KBS_RESOURCE_DEFAULT)]
     pub kbs_max_resource: usize,
+    /// Accept a plain http:// KBS named by AA_KBC_PARAMS or agent.aa_kbc_params on the kernel
+    /// command line. Those are the host's choice, so by default they must name an https:// KBS.
+    /// AASP_ALLOW_INSECURE_KBS takes 1/0, true/false, yes/no or on/off.
+    #[arg(long, env = env::AASP_ALLOW_INSECURE_KBS,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_insecure_kbs: bool,
+    /// Init-data whose digest matched HOST_DATA (the attestation-agent personality's
+    /// --initdata-toml): sent with every attestation, and its aa.toml names the KBS.
+    #[arg(skip)]
+    pub initdata: Option<Arc<crate::snp::initdata::VerifiedInitData>>,
 }
 
 impl Default for KbsArgs {
@@ -265,6 +285,8 @@ impl Default for KbsArgs {
             kbs_key_algorithm: crate::kbs::KeyAlgorithm::default(),
             aa_config: None,
             kbs_max_resource: crate::http::limits::KBS_RESOURCE_DEFAULT,
+            allow_insecure_kbs: false,
+            initdata: None,
         }
     }
 }
@@ -278,23 +300,45 @@ impl KbsArgs {
         let aa_toml = self.aa_config.as_ref().map(read).transpose()?;
         let params = std::env::var(env::AA_KBC_PARAMS).ok();
         let cmdline = std::fs::read_to_string("/proc/cmdline").ok();
+        let sources = crate::kbs::config::KbsSources {
+            initdata_aa_toml: self.initdata.as_deref().and_then(|i| i.aa_toml()),
+            aa_toml: aa_toml.as_deref(),
+            aa_kbc_params: params.as_deref(),
+            cmdline: cmdline.as_deref(),
+            allow_insecure: self.allow_insecure_kbs,
+        };
         crate::kbs::config::resolve(
             self.kbs_url.as_deref(),
             cert,
             self.kbs_key_algorithm,
-            aa_toml.as_deref(),
-            params.as_deref(),
-            cmdline.as_deref(),
+            &sources,
         )
         .map_err(|e| e.to_string())
     }
 
-    /// Adds the KBS backend to `provisioner` when one is configured.
+    /// Adds the KBS and coco_as backends to `provisioner` when they are configured.
     pub fn attach(
         &self,
-        provisioner: Provisioner,
+        mut provisioner: Provisioner,
         client: &reqwest::Client,
     ) -> Result<Provisioner, String> {
+        let init_data = self.initdata.as_deref().map(|i| i.toml().to_owned());
+        let aa_toml = self
+            .aa_config
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())))
+            .transpose()?;
+        let coco_as = crate::kbs::config::resolve_coco_as(
+            self.initdata.as_deref().and_then(|i| i.aa_toml()),
+            aa_toml.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(settings) = coco_as {
+            tracing::info!(url = %settings.url, source = settings.source, "Trustee attestation service");
+            provisioner = provisioner
+                .with_coco_as(&settings, client.clone(), init_data.clone())
+                .map_err(|e| e.to_string())?;
+        }
         let Some(settings) = self.settings()? else {
             return Ok(provisioner);
         };
@@ -305,7 +349,7 @@ impl KbsArgs {
         };
         tracing::info!(url = %settings.url, source = settings.source, "Trustee KBS backend");
         provisioner
-            .with_kbs(&settings, http, self.kbs_max_resource)
+            .with_kbs(&settings, http, self.kbs_max_resource, init_data)
             .map_err(|e| e.to_string())
     }
 }

@@ -1,11 +1,17 @@
 //! The emulated Trustee Key Broker Service on `/kbs/v0/*`: the RCAR handshake with a nonce
 //! challenge and `kbs-session-id` cookie sessions that expire, real verification of the SNP
 //! evidence (signature and chain to the trusted ARKs, report_data bound to the nonce and the TEE
-//! public key), a resource policy on measurement / host_data / debug, signed tokens, and
-//! resources as JWE to the TEE key (both key algorithms).
+//! public key, init-data against HOST_DATA), a resource policy on measurement / host_data /
+//! debug / init-data claims, signed tokens, and resources as JWE to the TEE key (every key
+//! algorithm).
 //!
 //! Answers as Trustee does (`kbs/src/attestation/backend.rs`, `kbs/src/api_server.rs`,
 //! `kbs/src/error.rs`): errors are 401 with `{"type","detail"}`, an unknown resource is 404.
+//!
+//! It also plays Trustee's RESTful attestation service on `POST /attestation` (what
+//! `GetToken("coco_as")` asks; `attestation-service/src/bin/restful/mod.rs`): the same evidence
+//! verification, runtime data and init-data checks, a token as the reply body, and every
+//! failure a 500 with the error chain as text.
 
 use super::handlers::{inject_faults, now, random_hex};
 use super::State;
@@ -57,6 +63,10 @@ pub struct KbsPolicy {
     pub measurements: Vec<[u8; 48]>,
     pub host_data: Vec<[u8; 32]>,
     pub allow_debug: bool,
+    /// Claims the token's `init_data_claims` must hold: (JSON pointer, value), e.g.
+    /// `("/aa.toml/token_configs/kbs/url", "https://kbs")`. A guest that sent no init-data has
+    /// none.
+    pub init_data_claims: Vec<(String, Value)>,
 }
 
 /// The KBS's state: sessions, resources, counters.
@@ -67,6 +77,8 @@ pub struct Kbs {
     pub auths: AtomicU64,
     pub attestations: AtomicU64,
     pub resource_reads: AtomicU64,
+    /// Tokens the attestation service endpoint issued.
+    pub as_attestations: AtomicU64,
 }
 
 enum Session {
@@ -91,6 +103,7 @@ impl Kbs {
             auths: AtomicU64::new(0),
             attestations: AtomicU64::new(0),
             resource_reads: AtomicU64::new(0),
+            as_attestations: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +133,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/kbs/v0/auth", post(auth))
         .route("/kbs/v0/attest", post(attest))
         .route("/kbs/v0/resource/{repo}/{kind}/{tag}", get(resource))
+        .route("/attestation", post(as_attestation))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             inject_faults,
@@ -277,6 +291,10 @@ async fn attest(
             "verify TEE evidence failed: Report Data Mismatch (report_data must be SHA-384 of the canonical {additional-evidence, nonce, tee-pubkey})".into(),
         ));
     }
+    let init_data_claims = match attestation.get("init-data").filter(|v| !v.is_null()) {
+        Some(init_data) => init_data_claims(init_data, &report.host_data).map_err(fail)?,
+        None => Value::Null,
+    };
     let config = kbs.config();
     let iat = now();
     let claims = json!({
@@ -288,10 +306,11 @@ async fn attest(
         "submods": { "cpu0": {
             "ear.status": "affirming",
             "ear.appraisal-policy-id": "default",
-            "ear.veraison.annotated-evidence": {
-                "snp": snp_claims(&report),
-                "runtime_data_claims": { "nonce": nonce, "tee-pubkey": tee_pubkey },
-            },
+            "ear.veraison.annotated-evidence": annotated_evidence(
+                &report,
+                init_data_claims,
+                json!({ "nonce": nonce, "tee-pubkey": tee_pubkey }),
+            ),
         }},
     });
     let header = json!({ "alg": "RS256", "typ": "JWT", "kid": state.maa_kid });
@@ -324,6 +343,139 @@ async fn attest(
     Ok((set_cookie(&id, expires), Json(json!({ "token": token }))).into_response())
 }
 
+/// `POST /attestation` of Trustee's RESTful AS: `{"verification_requests": [{"tee", "evidence",
+/// "runtime_data"?, "init_data"?, "runtime_data_hash_algorithm"?}], "policy_ids": [..]}` → the
+/// token as text. The evidence is base64url (no padding) of the evidence JSON.
+async fn as_attestation(AxState(state): AxState<Arc<State>>, body: String) -> Response {
+    match as_evaluate(&state, &body) {
+        Ok(token) => {
+            state.kbs.as_attestations.fetch_add(1, Ordering::SeqCst);
+            (StatusCode::OK, token).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("An internal error occured: \n0: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+fn as_evaluate(state: &State, body: &str) -> Result<String, String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let request: Value = serde_json::from_str(body).map_err(|e| format!("request: {e}"))?;
+    let requests = request
+        .get("verification_requests")
+        .and_then(Value::as_array)
+        .ok_or("missing field `verification_requests`")?;
+    request
+        .get("policy_ids")
+        .and_then(Value::as_array)
+        .ok_or("missing field `policy_ids`")?;
+    let [one] = requests.as_slice() else {
+        return Err("this emulated AS evaluates exactly one verification request".into());
+    };
+    let tee = one.get("tee").and_then(Value::as_str).unwrap_or_default();
+    if tee != "snp" {
+        return Err(format!(
+            "tee `{tee}` is not verified by this emulated AS (snp only)"
+        ));
+    }
+    let evidence = one
+        .get("evidence")
+        .and_then(Value::as_str)
+        .ok_or("missing field `evidence`")?;
+    let evidence = URL_SAFE_NO_PAD
+        .decode(evidence)
+        .map_err(|e| format!("base64 decode evidence: {e}"))?;
+    let evidence: Value = serde_json::from_slice(&evidence)
+        .map_err(|e| format!("failed to parse evidence as JSON: {e}"))?;
+    let (report, chain) = parse_evidence(&evidence).map_err(|e| format!("verify evidence: {e}"))?;
+    verify_report(&report, &chain, &state.trust, now() as u64)
+        .into_result()
+        .map_err(|e| format!("verify evidence: {e}"))?;
+    let runtime_data_claims = match one.get("runtime_data").filter(|v| !v.is_null()) {
+        None => Value::Null,
+        Some(runtime) => as_runtime_data(runtime, one, &report)?,
+    };
+    let init_data_claims = match one.get("init_data").filter(|v| !v.is_null()) {
+        None => Value::Null,
+        Some(init) => {
+            if let Some(toml) = init.get("init_data_toml").and_then(Value::as_str) {
+                toml_init_data_claims(toml, &report.host_data)?
+            } else if let Some(digest) = init.get("init_data_digest").and_then(Value::as_str) {
+                let digest = URL_SAFE_NO_PAD
+                    .decode(digest)
+                    .map_err(|e| format!("base64 decode raw init data: {e}"))?;
+                if crate::snp::initdata::host_data_for(&digest) != report.host_data {
+                    return Err("verify evidence: HOST_DATA mismatch".into());
+                }
+                Value::Null
+            } else {
+                return Err(
+                    "init_data must be {\"init_data_toml\"} or {\"init_data_digest\"}".into(),
+                );
+            }
+        }
+    };
+    let iat = now();
+    let claims = json!({
+        "iss": "aasp-emulated-coco-as",
+        "iat": iat,
+        "exp": iat + 300,
+        "jti": random_hex(16),
+        "eat_profile": "tag:github.com,2024:confidential-containers/Trustee",
+        "submods": { "cpu0": {
+            "ear.status": "affirming",
+            "ear.appraisal-policy-id": "default",
+            "ear.veraison.annotated-evidence":
+                annotated_evidence(&report, init_data_claims, runtime_data_claims),
+        }},
+    });
+    let header = json!({ "alg": "RS256", "typ": "JWT", "kid": state.maa_kid });
+    sign_rs256(&header, &claims, &state.maa_key).map_err(|e| format!("issue token: {e}"))
+}
+
+/// The AS's runtime data check (`attestation-service/src/lib.rs` `parse_runtime_data`): `raw`
+/// (base64url) is report_data itself, `structured` JSON is hashed canonically (SHA-384 unless
+/// `runtime_data_hash_algorithm` says otherwise); either is padded or cut to 64 bytes.
+fn as_runtime_data(
+    runtime: &Value,
+    request: &Value,
+    report: &AttestationReport,
+) -> Result<Value, String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::Digest;
+    let (expected, claims) = if let Some(raw) = runtime.get("raw").and_then(Value::as_str) {
+        let raw = URL_SAFE_NO_PAD
+            .decode(raw)
+            .map_err(|e| format!("base64 decode raw runtime data: {e}"))?;
+        (raw, Value::Null)
+    } else if let Some(structured) = runtime.get("structured") {
+        let text = crate::kbs::client::canonical_json(structured);
+        let algorithm = request
+            .get("runtime_data_hash_algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or("sha384");
+        let digest = match algorithm {
+            "sha256" => sha2::Sha256::digest(text.as_bytes()).to_vec(),
+            "sha384" => sha2::Sha384::digest(text.as_bytes()).to_vec(),
+            "sha512" => sha2::Sha512::digest(text.as_bytes()).to_vec(),
+            other => return Err(format!("parse runtime data HashAlgorithm failed: {other}")),
+        };
+        (digest, structured.clone())
+    } else {
+        return Err("runtime_data must be {\"raw\"} or {\"structured\"}".into());
+    };
+    let mut padded = [0u8; 64];
+    for (dst, src) in padded.iter_mut().zip(&expected) {
+        *dst = *src;
+    }
+    if padded != report.report_data {
+        return Err("verify evidence: Report Data Mismatch".into());
+    }
+    Ok(claims)
+}
+
 /// The SNP evidence: the CoCo form Trustee's verifier reads (`{"attestation_report",
 /// "cert_chain"}`, what aasp's attestation agent and upstream's send), or aasp's evidence
 /// document (`{"SnpReport", "VcekCertChain"}`, what MAA receives). The chain must be present:
@@ -344,20 +496,96 @@ fn parse_evidence(primary: &Value) -> Result<(AttestationReport, Chain), String>
     Ok((loaded.report, chain))
 }
 
-/// Claims named as Trustee's SNP verifier names them (`deps/verifier/src/snp/mod.rs`).
-fn snp_claims(r: &AttestationReport) -> Value {
+/// The annotated evidence of a token, laid out as Trustee's AS lays it out
+/// (`attestation-service/src/ear_token/broker.rs` `transform_claims`): `init_data` and
+/// `report_data` lifted out of the verifier's claims, beside `init_data_claims` and
+/// `runtime_data_claims`, and the rest under the TEE's name. Claims are named as Trustee's SNP
+/// verifier names them (`deps/verifier/src/snp/mod.rs`).
+pub(super) fn annotated_evidence(
+    r: &AttestationReport,
+    init_data_claims: Value,
+    runtime_data_claims: Value,
+) -> Value {
     let tcb = r.tcb(r.reported_tcb);
     json!({
-        "measurement": hex::encode(r.measurement),
-        "report_data": hex::encode(r.report_data),
         "init_data": hex::encode(r.host_data),
-        "chip_id": hex::encode(r.chip_id),
-        "policy_debug_allowed": r.is_debuggable(),
-        "reported_tcb_bootloader": tcb.bootloader,
-        "reported_tcb_tee": tcb.tee,
-        "reported_tcb_snp": tcb.snp,
-        "reported_tcb_microcode": tcb.microcode,
+        "init_data_claims": init_data_claims,
+        "report_data": hex::encode(r.report_data),
+        "runtime_data_claims": runtime_data_claims,
+        "snp": {
+            "measurement": hex::encode(r.measurement),
+            "chip_id": hex::encode(r.chip_id),
+            "policy_debug_allowed": r.is_debuggable(),
+            "reported_tcb_bootloader": tcb.bootloader,
+            "reported_tcb_tee": tcb.tee,
+            "reported_tcb_snp": tcb.snp,
+            "reported_tcb_microcode": tcb.microcode,
+        },
     })
+}
+
+/// Checks the attest request's `init-data` against HOST_DATA and returns its claims, as Trustee
+/// does: its built-in AS accepts the `toml` format only (`kbs/src/attestation/coco/builtin.rs`),
+/// hashes the body with the document's algorithm and parses its `[data]`
+/// (`attestation-service/src/lib.rs` `parse_init_data`); the SNP verifier compares the digest,
+/// cut or padded to 32 bytes, with HOST_DATA (`deps/verifier/src/snp/mod.rs`).
+fn init_data_claims(init_data: &Value, host_data: &[u8; 32]) -> Result<Value, String> {
+    let format = init_data
+        .get("format")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if format != crate::kbs::client::INIT_DATA_FORMAT {
+        return Err(format!("Unsupported initdata format: {format}"));
+    }
+    let body = init_data
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or("init-data without a body")?;
+    toml_init_data_claims(body, host_data)
+}
+
+/// The claims of an init-data TOML whose digest must match HOST_DATA (shared with the emulated
+/// attestation service's `init_data_toml`).
+pub(super) fn toml_init_data_claims(body: &str, host_data: &[u8; 32]) -> Result<Value, String> {
+    use crate::snp::initdata;
+    let digest = initdata::digest(body).map_err(|e| format!("parse init data: {e}"))?;
+    if initdata::host_data_for(&digest) != *host_data {
+        return Err(format!(
+            "verify TEE evidence failed: HOST_DATA mismatch: the init-data digest gives {}, the report has {}",
+            hex::encode(initdata::host_data_for(&digest)),
+            hex::encode(host_data)
+        ));
+    }
+    let data = initdata::data(body).map_err(|e| format!("parse init data: {e}"))?;
+    let mut claims = serde_json::Map::new();
+    for (name, text) in data {
+        // Trustee turns the agent's and CDH's TOML into JSON claims when it parses, and lifts
+        // the agent policy's `policy_data` out of a rego file.
+        let value = match name.as_str() {
+            "aa.toml" | "cdh.toml" => toml::from_str::<toml::Value>(&text)
+                .ok()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .unwrap_or(Value::String(text)),
+            "policy.rego" => match policy_data(&text) {
+                Some(policy) => {
+                    claims.insert("agent_policy_claims".into(), policy);
+                    continue;
+                }
+                None => Value::String(text),
+            },
+            _ => Value::String(text),
+        };
+        claims.insert(name, value);
+    }
+    Ok(Value::Object(claims))
+}
+
+/// The JSON after `policy_data := ` in a rego policy, when it ends the file (Trustee's
+/// `extract_policy_data` makes the same assumption).
+fn policy_data(rego: &str) -> Option<Value> {
+    const START: &str = "policy_data := {";
+    let at = rego.find(START)? + START.len() - 1;
+    serde_json::from_str(rego.get(at..)?).ok()
 }
 
 async fn resource(
@@ -368,12 +596,12 @@ async fn resource(
     let kbs = &state.kbs;
     let token = token_of(&state, &headers)?;
     let claims = verified_claims(&state, &token)?;
-    let snp = claims
-        .pointer("/submods/cpu0/ear.veraison.annotated-evidence/snp")
+    let evidence = claims
+        .pointer("/submods/cpu0/ear.veraison.annotated-evidence")
         .cloned()
         .unwrap_or_default();
     let policy = kbs.config().policy;
-    policy_allows(&policy, &snp).map_err(|why| unauthorized("PolicyDeny", why))?;
+    policy_allows(&policy, &evidence).map_err(|why| unauthorized("PolicyDeny", why))?;
     let path = crate::kbs::ResourceUri::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| KbsError(StatusCode::NOT_FOUND, "InvalidRequestPath", e.to_string()))?
         .path();
@@ -438,14 +666,16 @@ fn verified_claims(state: &State, token: &str) -> Result<Value, KbsError> {
     Ok(claims)
 }
 
-fn policy_allows(policy: &KbsPolicy, snp: &Value) -> Result<(), String> {
-    let field = |name: &str| {
-        snp.get(name)
+fn policy_allows(policy: &KbsPolicy, evidence: &Value) -> Result<(), String> {
+    let field = |pointer: &str| {
+        evidence
+            .pointer(pointer)
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned()
     };
-    let measurement = field("measurement");
+    let snp = evidence.get("snp").cloned().unwrap_or_default();
+    let measurement = field("/snp/measurement");
     if !policy.measurements.is_empty()
         && !policy
             .measurements
@@ -454,7 +684,7 @@ fn policy_allows(policy: &KbsPolicy, snp: &Value) -> Result<(), String> {
     {
         return Err(format!("measurement {measurement} is not allowed"));
     }
-    let host_data = field("init_data");
+    let host_data = field("/init_data");
     if !policy.host_data.is_empty() && !policy.host_data.iter().any(|h| hex::encode(h) == host_data)
     {
         return Err(format!("host_data {host_data} is not allowed"));
@@ -464,5 +694,52 @@ fn policy_allows(policy: &KbsPolicy, snp: &Value) -> Result<(), String> {
     {
         return Err("a debuggable guest may not read resources".into());
     }
+    for (pointer, expected) in &policy.init_data_claims {
+        let actual = evidence
+            .get("init_data_claims")
+            .and_then(|claims| claims.pointer(pointer));
+        if actual != Some(expected) {
+            return Err(format!(
+                "init_data_claims{pointer} is {}, the policy requires {expected}",
+                actual.map_or_else(|| "absent".to_owned(), Value::to_string)
+            ));
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\nowner = \"a\"\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://kbs\"\n'''\n\"policy.rego\" = '''\npackage agent_policy\ndefault AllowRequestsFailingPolicy := false\npolicy_data := {\"containers\": [1]}\n'''\n";
+
+    /// Trustee's init-data handling: `attestation-service/src/lib.rs` `parse_init_data` (digest
+    /// with the document's algorithm, `[data]` as claims, `aa.toml` parsed, `policy_data` lifted
+    /// out of `policy.rego`) and the SNP verifier's HOST_DATA check with the digest cut to 32
+    /// bytes (`deps/verifier/src/snp/mod.rs`, `regularize_data`).
+    #[test]
+    fn init_data_is_checked_against_host_data_and_becomes_claims() {
+        let digest = sha2::Sha384::digest(INITDATA.as_bytes());
+        let mut host_data = [0u8; 32];
+        host_data.copy_from_slice(&digest[..32]);
+        let request = json!({"format": "toml", "body": INITDATA});
+        let claims = init_data_claims(&request, &host_data).unwrap();
+        assert_eq!(claims["owner"], "a");
+        assert_eq!(
+            claims["aa.toml"]["token_configs"]["kbs"]["url"],
+            "https://kbs"
+        );
+        assert_eq!(claims["agent_policy_claims"], json!({"containers": [1]}));
+        assert!(claims.get("policy.rego").is_none());
+        // Another HOST_DATA, another format, a missing body: refused.
+        let mut other = host_data;
+        other[31] ^= 1;
+        let err = init_data_claims(&request, &other).unwrap_err();
+        assert!(err.contains("HOST_DATA mismatch"), "{err}");
+        let json_format = json!({"format": "json", "body": INITDATA});
+        assert!(init_data_claims(&json_format, &host_data).is_err());
+        assert!(init_data_claims(&json!({"format": "toml"}), &host_data).is_err());
+    }
 }

@@ -2,10 +2,11 @@
 //! `POST /kbs/v0/attest` with the runtime data (nonce, TEE public key) and the SNP evidence whose
 //! report_data binds them → token; `GET /kbs/v0/resource/<repo>/<type>/<tag>` → JWE.
 //!
-//! One session (cookie, token, TEE key) is shared by every caller and renewed before its token
-//! expires; concurrent callers wait for one handshake (single flight). A resource request the
-//! KBS answers with 401 (session gone) renews the session once and asks again, as upstream's
-//! `kbs_protocol` does.
+//! One session (cookie, token, TEE key) is shared by aasp's own resource reads and renewed before
+//! its token expires; concurrent readers wait for one handshake (single flight). A resource
+//! request the KBS answers with 401 (session gone) renews the session once and asks again, as
+//! upstream's `kbs_protocol` does. A token handed to a caller (`GetToken("kbs")`) comes from a
+//! session of its own, attested afresh: see [`KbsClient::fresh_session`].
 
 use super::jwe::{KeyAlgorithm, TeeKeyPair, TeePubKey};
 use super::{status_error, Error, ResourceUri, Result};
@@ -20,10 +21,13 @@ use std::time::Duration;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
-/// KBS protocol version aasp speaks (Trustee accepts `>=0.1.0, <0.5.0` at the time of writing;
-/// upstream kbs_protocol sends 0.4.0).
+/// KBS protocol version aasp speaks: Trustee (78962cd, `kbs/src/attestation/backend.rs`
+/// `VERSION_REQ`) accepts exactly `=0.4.0`, and upstream's kbs_protocol sends 0.4.0.
 pub const PROTOCOL_VERSION: &str = "0.4.0";
 pub const SESSION_COOKIE: &str = "kbs-session-id";
+/// `init-data.format` of the attest request: kbs_protocol sends the TOML itself, and Trustee's
+/// built-in AS accepts only `toml` (`kbs/src/attestation/coco/builtin.rs`).
+pub const INIT_DATA_FORMAT: &str = "toml";
 const PREFIX: &str = "/kbs/v0";
 /// A token is renewed this long before its `exp`, so it does not expire in flight.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
@@ -49,6 +53,9 @@ pub struct KbsOptions {
     pub retry: RetryPolicy,
     /// Largest resource body (the JWE) read from the KBS: `--kbs-max-resource`.
     pub max_resource: usize,
+    /// Init-data TOML that matched HOST_DATA, sent in every attest request as upstream's
+    /// kbs_protocol sends it (`rcar_client.rs`: `"init-data": {"format": "toml", "body"}`).
+    pub init_data: Option<String>,
 }
 
 /// The option that raises [`KbsOptions::max_resource`], as errors name it.
@@ -72,7 +79,7 @@ impl std::fmt::Debug for KbsToken {
 }
 
 impl KbsToken {
-    fn new(jwt: String) -> Self {
+    pub(crate) fn new(jwt: String) -> Self {
         let expires_at = unverified_claims(&jwt)
             .and_then(|c| c.get("exp").and_then(Value::as_u64))
             .unwrap_or_else(|| now() + DEFAULT_LIFETIME.as_secs());
@@ -169,6 +176,16 @@ impl KbsClient {
         let session = Arc::new(self.handshake().await?);
         *guard = Some(Arc::clone(&session));
         Ok(session)
+    }
+
+    /// A new attested session that nobody else shares and that is not cached: what
+    /// `GetToken("kbs")` hands out. Upstream's agent attests afresh on every GetToken
+    /// (guest-components `attestation-agent/src/token/kbs.rs` builds a new client each call), and
+    /// CDH relies on it: after a 401 its token client asks for a new token
+    /// (`kbs_protocol/src/client/token_client.rs`), which must carry a new attestation under the
+    /// KBS's current policy and reference values, not the cached one.
+    pub async fn fresh_session(&self) -> Result<Session> {
+        self.handshake().await
     }
 
     /// Drops `stale` if it is still the cached session (another caller may have renewed it).
@@ -271,10 +288,17 @@ impl KbsClient {
             .evidence(report_data)
             .await
             .map_err(Error::Evidence)?;
-        let attestation = json!({
+        let mut attestation = json!({
             "runtime-data": { "nonce": nonce, "tee-pubkey": tee_pubkey },
             "tee-evidence": { "primary_evidence": evidence, "additional_evidence": "" },
         });
+        if let (Some(body), Some(members)) = (&self.options.init_data, attestation.as_object_mut())
+        {
+            members.insert(
+                "init-data".into(),
+                json!({ "format": INIT_DATA_FORMAT, "body": body }),
+            );
+        }
         let attest_url = format!("{}{PREFIX}/attest", self.base);
         let response = send_with_retry(
             || {

@@ -2,7 +2,13 @@
 //! (guest-components `attestation-agent/src/config/{kbs,aa_kbc_params}.rs`): the AA config
 //! TOML's `[token_configs.kbs]` (`url`, `cert` as PEM text, `tee_key_algorithm`), else
 //! `AA_KBC_PARAMS`, else `agent.aa_kbc_params=cc_kbc::<url>` on the kernel command line. aasp's
-//! own `--kbs-url`/`--kbs-cert` come first. Never from a request.
+//! own `--kbs-url`/`--kbs-cert` come first, then the `aa.toml` of init-data that matched
+//! HOST_DATA (kata-agent writes that file and passes it as `-c`, so the two agree in practice).
+//! Never from a request.
+//!
+//! `AA_KBC_PARAMS` and the kernel command line are the host's choice: a plain `http://` KBS from
+//! them is refused unless `AASP_ALLOW_INSECURE_KBS` allows it. The operator's flags, the AA
+//! config and the init-data are the operator's and the workload owner's, and may name one.
 
 use super::jwe::KeyAlgorithm;
 use super::{Error, Result};
@@ -28,6 +34,21 @@ struct AaConfig {
 #[derive(Deserialize)]
 struct TokenConfigs {
     kbs: Option<AaKbs>,
+    coco_as: Option<AaCocoAs>,
+}
+
+/// `[token_configs.coco_as]` (guest-components `attestation-agent/src/config/coco_as.rs`).
+#[derive(Deserialize)]
+struct AaCocoAs {
+    url: String,
+}
+
+/// The Trustee attestation service `GetToken("coco_as")` attests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CocoAsSettings {
+    pub url: String,
+    /// Where the URL came from, for the log.
+    pub source: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -38,12 +59,15 @@ struct AaKbs {
     tee_key_algorithm: Option<KeyAlgorithm>,
 }
 
-/// `[token_configs.kbs]` of an AA config TOML, if it has one.
-pub fn from_aa_toml(text: &str) -> Result<Option<KbsSettings>> {
+fn token_configs(text: &str) -> Result<Option<TokenConfigs>> {
     let config: AaConfig =
         toml::from_str(text).map_err(|e| Error::Config(format!("AA config TOML: {e}")))?;
-    Ok(config
-        .token_configs
+    Ok(config.token_configs)
+}
+
+/// `[token_configs.kbs]` of an AA config TOML, if it has one.
+pub fn from_aa_toml(text: &str) -> Result<Option<KbsSettings>> {
+    Ok(token_configs(text)?
         .and_then(|t| t.kbs)
         .map(|kbs| KbsSettings {
             url: kbs.url,
@@ -51,6 +75,50 @@ pub fn from_aa_toml(text: &str) -> Result<Option<KbsSettings>> {
             key_algorithm: kbs.tee_key_algorithm.unwrap_or_default(),
             source: "[token_configs.kbs]",
         }))
+}
+
+/// The attestation service of `[token_configs.coco_as]`: from the verified init-data's
+/// `aa.toml`, else from the AA config (`-c`). Both are the operator's or the workload owner's,
+/// so plain http is theirs to choose, as for the KBS.
+pub fn resolve_coco_as(
+    initdata_aa_toml: Option<&str>,
+    aa_toml: Option<&str>,
+) -> Result<Option<CocoAsSettings>> {
+    for (text, source) in [
+        (
+            initdata_aa_toml,
+            "init-data aa.toml [token_configs.coco_as]",
+        ),
+        (aa_toml, "[token_configs.coco_as]"),
+    ] {
+        let Some(text) = text else { continue };
+        if let Some(coco_as) = token_configs(text)?.and_then(|t| t.coco_as) {
+            let url = coco_as.url.trim().to_owned();
+            check_url(&url, source, false)?;
+            return Ok(Some(CocoAsSettings { url, source }));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses a URL that is not http(s), and plain http from a host-chosen source unless allowed.
+fn check_url(url: &str, source: &str, host_chosen_refused: bool) -> Result<()> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| Error::Config(format!("{source}: URL {url:?}: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if !host_chosen_refused => Ok(()),
+        "http" => Err(Error::Config(format!(
+            "the KBS URL {url:?} comes from {source}, which the host chooses, and is plain http: \
+             refused, since a host-chosen KBS must be authenticated by TLS. Use https, name the KBS \
+             with --kbs-url/AASP_KBS_URL, -c or the init-data's aa.toml, or set \
+             {}=1 to accept it",
+            crate::env::AASP_ALLOW_INSECURE_KBS
+        ))),
+        other => Err(Error::Config(format!(
+            "{source}: URL {url:?} has scheme {other:?}; expected https:// (or http://)"
+        ))),
+    }
 }
 
 /// `cc_kbc::<url>` (the value of `agent.aa_kbc_params` / `AA_KBC_PARAMS`): the URL when the KBC
@@ -72,15 +140,29 @@ pub fn kbc_params_in_cmdline(cmdline: &str) -> Option<&str> {
         .find_map(|p| p.strip_prefix("agent.aa_kbc_params="))
 }
 
-/// Resolves the KBS in upstream's order, after aasp's own settings (`flag_url`, `flag_cert`).
-/// `aa_kbc_params` is the `AA_KBC_PARAMS` value if set; `cmdline` the kernel command line.
+/// Where [`resolve`] looks for the KBS, highest first after the flags.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KbsSources<'a> {
+    /// `aa.toml` of init-data whose digest matched HOST_DATA.
+    pub initdata_aa_toml: Option<&'a str>,
+    /// The AA config TOML (`-c`, `--aa-config`).
+    pub aa_toml: Option<&'a str>,
+    /// The `AA_KBC_PARAMS` value, if set.
+    pub aa_kbc_params: Option<&'a str>,
+    /// The kernel command line.
+    pub cmdline: Option<&'a str>,
+    /// `AASP_ALLOW_INSECURE_KBS`: accept plain http from the host-chosen sources.
+    pub allow_insecure: bool,
+}
+
+/// Resolves the KBS: aasp's own settings (`flag_url`, `flag_cert`) first, then the verified
+/// init-data's `aa.toml`, then upstream's order (AA config, `AA_KBC_PARAMS`, kernel command
+/// line).
 pub fn resolve(
     flag_url: Option<&str>,
     flag_cert: Option<String>,
     key_algorithm: KeyAlgorithm,
-    aa_toml: Option<&str>,
-    aa_kbc_params: Option<&str>,
-    cmdline: Option<&str>,
+    sources: &KbsSources<'_>,
 ) -> Result<Option<KbsSettings>> {
     if let Some(url) = flag_url.filter(|u| !u.trim().is_empty()) {
         return Ok(Some(KbsSettings {
@@ -90,29 +172,38 @@ pub fn resolve(
             source: "--kbs-url",
         }));
     }
-    if let Some(mut settings) = aa_toml.map(from_aa_toml).transpose()?.flatten() {
-        if flag_cert.is_some() {
-            settings.cert = flag_cert;
+    for (text, source) in [
+        (
+            sources.initdata_aa_toml,
+            "init-data aa.toml [token_configs.kbs]",
+        ),
+        (sources.aa_toml, "[token_configs.kbs]"),
+    ] {
+        if let Some(mut settings) = text.map(from_aa_toml).transpose()?.flatten() {
+            settings.source = source;
+            if flag_cert.is_some() {
+                settings.cert = flag_cert;
+            }
+            return Ok(Some(settings));
         }
-        return Ok(Some(settings));
     }
-    let (params, source) = match aa_kbc_params {
+    let (params, source) = match sources.aa_kbc_params {
         Some(value) => (Some(value), "AA_KBC_PARAMS"),
         None => (
-            cmdline.and_then(kbc_params_in_cmdline),
+            sources.cmdline.and_then(kbc_params_in_cmdline),
             "agent.aa_kbc_params (kernel command line)",
         ),
     };
-    Ok(params
-        .map(from_kbc_params)
-        .transpose()?
-        .flatten()
-        .map(|url| KbsSettings {
-            url,
-            cert: flag_cert,
-            key_algorithm,
-            source,
-        }))
+    let Some(url) = params.map(from_kbc_params).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    check_url(&url, source, !sources.allow_insecure)?;
+    Ok(Some(KbsSettings {
+        url,
+        cert: flag_cert,
+        key_algorithm,
+        source,
+    }))
 }
 
 #[cfg(test)]
@@ -163,7 +254,13 @@ tee_key_algorithm = "RSA-OAEP-256"
         let alg = KeyAlgorithm::default();
         let cmdline = Some("agent.aa_kbc_params=cc_kbc::https://cmdline:1");
         let pick = |flag, toml, env| {
-            resolve(flag, None, alg, toml, env, cmdline)
+            let sources = KbsSources {
+                aa_toml: toml,
+                aa_kbc_params: env,
+                cmdline,
+                ..Default::default()
+            };
+            resolve(flag, None, alg, &sources)
                 .unwrap()
                 .map(|s| (s.url, s.source))
         };
@@ -188,9 +285,103 @@ tee_key_algorithm = "RSA-OAEP-256"
             "https://env:1"
         );
         assert_eq!(pick(None, None, None).unwrap().0, "https://cmdline:1");
+        let quiet = KbsSources {
+            cmdline: Some("quiet"),
+            ..Default::default()
+        };
+        assert_eq!(resolve(None, None, alg, &quiet).unwrap(), None);
+    }
+
+    /// The order issue 25 sets: `--kbs-url` > verified init-data `aa.toml` > `-c` >
+    /// `AA_KBC_PARAMS` > `/proc/cmdline`.
+    #[test]
+    fn initdata_aa_toml_comes_after_the_flag_and_before_the_config() {
+        let alg = KeyAlgorithm::default();
+        let initdata = "[token_configs.kbs]\nurl = \"http://initdata:1\"\n";
+        let sources = KbsSources {
+            initdata_aa_toml: Some(initdata),
+            aa_toml: Some(TOML),
+            aa_kbc_params: Some("cc_kbc::https://env:1"),
+            ..Default::default()
+        };
+        let picked = resolve(None, None, alg, &sources).unwrap().unwrap();
+        assert_eq!(picked.url, "http://initdata:1");
+        assert_eq!(picked.source, "init-data aa.toml [token_configs.kbs]");
+        let flag = resolve(Some("https://flag:1"), None, alg, &sources).unwrap();
+        assert_eq!(flag.unwrap().url, "https://flag:1");
+        // Init-data without a KBS section leaves the choice to the next source.
+        let no_kbs = KbsSources {
+            initdata_aa_toml: Some("[token_configs.coco_as]\nurl = \"http://as:1\"\n"),
+            ..sources
+        };
+        let picked = resolve(None, None, alg, &no_kbs).unwrap().unwrap();
+        assert_eq!(picked.url, "https://kbs.example:8080");
+    }
+
+    /// Issue 25 item 6: plain http from AA_KBC_PARAMS or the kernel command line is refused
+    /// unless allowed; the operator's and the workload owner's sources keep working.
+    #[test]
+    fn host_chosen_http_kbs_is_refused_unless_allowed() {
+        let alg = KeyAlgorithm::default();
+        let env = KbsSources {
+            aa_kbc_params: Some("cc_kbc::http://10.0.0.1:8080"),
+            ..Default::default()
+        };
+        let err = resolve(None, None, alg, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("AA_KBC_PARAMS") && err.contains("AASP_ALLOW_INSECURE_KBS"),
+            "{err}"
+        );
+        let cmdline = KbsSources {
+            cmdline: Some("agent.aa_kbc_params=cc_kbc::http://10.0.0.1:8080"),
+            ..Default::default()
+        };
+        let err = resolve(None, None, alg, &cmdline).unwrap_err().to_string();
+        assert!(err.contains("kernel command line"), "{err}");
+        for allowed in [
+            KbsSources {
+                allow_insecure: true,
+                ..env
+            },
+            KbsSources {
+                allow_insecure: true,
+                ..cmdline
+            },
+        ] {
+            let url = resolve(None, None, alg, &allowed).unwrap().unwrap().url;
+            assert_eq!(url, "http://10.0.0.1:8080");
+        }
+        let https = KbsSources {
+            aa_kbc_params: Some("cc_kbc::https://10.0.0.1:8080"),
+            ..Default::default()
+        };
+        assert!(resolve(None, None, alg, &https).unwrap().is_some());
+        // The operator's -c, the init-data and --kbs-url may name an http KBS.
+        let config = KbsSources {
+            aa_toml: Some("[token_configs.kbs]\nurl = \"http://kbs:1\"\n"),
+            ..env
+        };
         assert_eq!(
-            resolve(None, None, alg, None, None, Some("quiet")).unwrap(),
+            resolve(None, None, alg, &config).unwrap().unwrap().url,
+            "http://kbs:1"
+        );
+        assert!(resolve(Some("http://flag:1"), None, alg, &env).is_ok());
+    }
+
+    #[test]
+    fn coco_as_from_initdata_then_config() {
+        assert_eq!(
+            resolve_coco_as(None, Some("[token_configs.kbs]\nurl = \"https://k\"\n")).unwrap(),
             None
         );
+        let picked = resolve_coco_as(None, Some(TOML)).unwrap().unwrap();
+        assert_eq!(picked.url, "http://as.example:8080");
+        let initdata = "[token_configs.coco_as]\nurl = \"https://as.initdata\"\n";
+        let picked = resolve_coco_as(Some(initdata), Some(TOML))
+            .unwrap()
+            .unwrap();
+        assert_eq!(picked.url, "https://as.initdata");
+        let ftp = "[token_configs.coco_as]\nurl = \"ftp://as\"\n";
+        assert!(resolve_coco_as(None, Some(ftp)).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The TEE key pair and the JWE (flattened JSON serialization) that carries KBS resources.
 //!
-//! Two key-management algorithms, as Trustee offers them: `ECDH-ES+A256KW` on P-256 (the
-//! default, as upstream's `TeeKeyPair::new`) and `RSA-OAEP-256`; the content is always
+//! The key-management algorithms Trustee offers and `kbs_protocol`'s `tee_key_algorithm` selects
+//! (guest-components `kbs_protocol/src/keypair.rs`): `ECDH-ES+A256KW` on P-256 (the default, as
+//! upstream's `TeeKeyPair::new`) or on P-521, and `RSA-OAEP-256`; the content is always
 //! `A256GCM`. All of it is aws-lc-rs: ECDH through `agreement`, AES key wrap through `key_wrap`,
 //! the Concat KDF of RFC 7518 §4.6.2 over SHA-256 by hand, OAEP-SHA256 through `rsa`.
 //!
@@ -10,7 +11,7 @@
 
 use super::{Error, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, ECDH_P256};
+use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, ECDH_P256, ECDH_P521};
 use aws_lc_rs::encoding::{AsBigEndian, AsDer, EcPublicKeyUncompressedBin};
 use aws_lc_rs::key_wrap::{AesKek, KeyWrap, AES_256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -33,14 +34,58 @@ pub const A256GCM: &str = "A256GCM";
 
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
-/// Which TEE key to make. Names as upstream AA's config spells them.
+/// Which TEE key to make. Names as upstream AA's config spells them (`tee_key_algorithm`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyAlgorithm {
     #[default]
     #[serde(rename = "ECDH-ES+A256KW-P256", alias = "ECDH-ES+A256KW")]
     EcdhEsA256KwP256,
+    #[serde(rename = "ECDH-ES+A256KW-P521")]
+    EcdhEsA256KwP521,
     #[serde(rename = "RSA-OAEP-256")]
     RsaOaep256,
+}
+
+/// The curves of `ECDH-ES+A256KW` TEE keys, with their JWK names (`crv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    P521,
+}
+
+impl Curve {
+    fn agreement(self) -> &'static agreement::Algorithm {
+        match self {
+            Curve::P256 => &ECDH_P256,
+            Curve::P521 => &ECDH_P521,
+        }
+    }
+
+    /// The JWK `crv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Curve::P256 => "P-256",
+            Curve::P521 => "P-521",
+        }
+    }
+
+    /// Bytes of one affine coordinate (RFC 7518 §6.2.1.2: the full field size, leading zeros kept).
+    fn coordinate_len(self) -> usize {
+        match self {
+            Curve::P256 => 32,
+            Curve::P521 => 66,
+        }
+    }
+
+    fn from_name(crv: &str) -> Result<Self> {
+        match crv {
+            "P-256" => Ok(Curve::P256),
+            "P-521" => Ok(Curve::P521),
+            other => Err(Error::Key(format!(
+                "unsupported curve {other:?} (P-256, P-521)"
+            ))),
+        }
+    }
 }
 
 impl std::str::FromStr for KeyAlgorithm {
@@ -51,9 +96,11 @@ impl std::str::FromStr for KeyAlgorithm {
             "ECDH-ES+A256KW" | "ECDH-ES+A256KW-P256" | "ec" | "EC" => {
                 Ok(KeyAlgorithm::EcdhEsA256KwP256)
             }
+            "ECDH-ES+A256KW-P521" => Ok(KeyAlgorithm::EcdhEsA256KwP521),
             "RSA-OAEP-256" | "rsa" | "RSA" => Ok(KeyAlgorithm::RsaOaep256),
             other => Err(format!(
-                "unknown TEE key algorithm {other:?} (ECDH-ES+A256KW, RSA-OAEP-256)"
+                "unknown TEE key algorithm {other:?} (ECDH-ES+A256KW or ECDH-ES+A256KW-P256, \
+                 ECDH-ES+A256KW-P521, RSA-OAEP-256)"
             )),
         }
     }
@@ -82,6 +129,7 @@ pub struct TeeKeyPair {
 
 enum Inner {
     Ec {
+        curve: Curve,
         private: PrivateKey,
         x: Vec<u8>,
         y: Vec<u8>,
@@ -107,11 +155,8 @@ impl std::fmt::Debug for TeeKeyPair {
 impl TeeKeyPair {
     pub fn generate(algorithm: KeyAlgorithm) -> Result<Self> {
         match algorithm {
-            KeyAlgorithm::EcdhEsA256KwP256 => {
-                let private = PrivateKey::generate(&ECDH_P256)
-                    .map_err(|_| Error::Key("P-256 key generation failed".into()))?;
-                Self::from_ec(private)
-            }
+            KeyAlgorithm::EcdhEsA256KwP256 => Self::generate_ec(Curve::P256),
+            KeyAlgorithm::EcdhEsA256KwP521 => Self::generate_ec(Curve::P521),
             KeyAlgorithm::RsaOaep256 => {
                 let private = PrivateDecryptingKey::generate(KeySize::Rsa2048)
                     .map_err(|_| Error::Key("RSA key generation failed".into()))?;
@@ -123,41 +168,57 @@ impl TeeKeyPair {
         }
     }
 
-    /// Reads a private key PEM: PKCS#8 (`PRIVATE KEY`, EC P-256 or RSA), SEC1 (`EC PRIVATE
-    /// KEY`) or PKCS#1 (`RSA PRIVATE KEY`, what upstream writes for RSA).
+    fn generate_ec(curve: Curve) -> Result<Self> {
+        let private = PrivateKey::generate(curve.agreement())
+            .map_err(|_| Error::Key(format!("{} key generation failed", curve.name())))?;
+        Self::from_ec(private, curve)
+    }
+
+    /// Reads a private key PEM: PKCS#8 (`PRIVATE KEY`: EC P-256, EC P-521 or RSA, what upstream
+    /// writes for EC keys), SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`, what upstream
+    /// writes for RSA).
     pub fn from_pem(pem: &str) -> Result<Self> {
         let (label, der) = der::pem::decode_vec(pem.trim().as_bytes())
             .map_err(|e| Error::Key(format!("not a PEM private key: {e}")))?;
         let der = Zeroizing::new(der);
         match label {
             "RSA PRIVATE KEY" => Self::from_rsa_pkcs8(&pkcs1_to_pkcs8(&der)?),
-            "EC PRIVATE KEY" => Self::from_ec(
-                PrivateKey::from_private_key_der(&ECDH_P256, &der)
-                    .map_err(|_| Error::Key("not a P-256 private key".into()))?,
-            ),
-            "PRIVATE KEY" => match PrivateKey::from_private_key_der(&ECDH_P256, &der) {
-                Ok(ec) => Self::from_ec(ec),
-                Err(_) => Self::from_rsa_pkcs8(&der),
+            "EC PRIVATE KEY" => Self::from_ec_der(&der)
+                .ok_or_else(|| Error::Key("not a P-256 or P-521 private key".into()))?,
+            "PRIVATE KEY" => match Self::from_ec_der(&der) {
+                Some(ec) => ec,
+                None => Self::from_rsa_pkcs8(&der),
             },
             other => Err(Error::Key(format!("unsupported PEM label {other:?}"))),
         }
     }
 
-    fn from_ec(private: PrivateKey) -> Result<Self> {
+    /// An EC private key on one of the supported curves, if `der` is one.
+    fn from_ec_der(der: &[u8]) -> Option<Result<Self>> {
+        [Curve::P256, Curve::P521].into_iter().find_map(|curve| {
+            PrivateKey::from_private_key_der(curve.agreement(), der)
+                .ok()
+                .map(|private| Self::from_ec(private, curve))
+        })
+    }
+
+    fn from_ec(private: PrivateKey, curve: Curve) -> Result<Self> {
+        let name = curve.name();
         let public = private
             .compute_public_key()
-            .map_err(|_| Error::Key("P-256 public key".into()))?;
+            .map_err(|_| Error::Key(format!("{name} public key")))?;
         let point: EcPublicKeyUncompressedBin = public
             .as_be_bytes()
-            .map_err(|_| Error::Key("P-256 public key encoding".into()))?;
-        let point = point.as_ref();
-        // Uncompressed SEC1 point: 0x04 ‖ x (32) ‖ y (32).
-        let (x, y) = match point.split_first() {
-            Some((4, xy)) if xy.len() == 64 => xy.split_at(32),
-            _ => return Err(Error::Key("unexpected P-256 point encoding".into())),
+            .map_err(|_| Error::Key(format!("{name} public key encoding")))?;
+        let len = curve.coordinate_len();
+        // Uncompressed SEC1 point: 0x04 ‖ x ‖ y, each coordinate the full field size.
+        let (x, y) = match point.as_ref().split_first() {
+            Some((4, xy)) if xy.len() == 2 * len => xy.split_at(len),
+            _ => return Err(Error::Key(format!("unexpected {name} point encoding"))),
         };
         Ok(TeeKeyPair {
             inner: Inner::Ec {
+                curve,
                 x: x.to_vec(),
                 y: y.to_vec(),
                 private,
@@ -190,15 +251,20 @@ impl TeeKeyPair {
 
     pub fn algorithm(&self) -> KeyAlgorithm {
         match self.inner {
-            Inner::Ec { .. } => KeyAlgorithm::EcdhEsA256KwP256,
+            Inner::Ec {
+                curve: Curve::P256, ..
+            } => KeyAlgorithm::EcdhEsA256KwP256,
+            Inner::Ec {
+                curve: Curve::P521, ..
+            } => KeyAlgorithm::EcdhEsA256KwP521,
             Inner::Rsa { .. } => KeyAlgorithm::RsaOaep256,
         }
     }
 
     pub fn public(&self) -> TeePubKey {
         match &self.inner {
-            Inner::Ec { x, y, .. } => TeePubKey::Ec {
-                crv: "P-256".into(),
+            Inner::Ec { curve, x, y, .. } => TeePubKey::Ec {
+                crv: curve.name().into(),
                 alg: ECDH_ES_A256KW.into(),
                 x: URL_SAFE_NO_PAD.encode(x),
                 y: URL_SAFE_NO_PAD.encode(y),
@@ -219,7 +285,7 @@ impl TeeKeyPair {
             Inner::Ec { private, .. } => {
                 let der: aws_lc_rs::encoding::Pkcs8V1Der = private
                     .as_der()
-                    .map_err(|_| Error::Key("P-256 key encoding".into()))?;
+                    .map_err(|_| Error::Key("EC key encoding".into()))?;
                 ("PRIVATE KEY", Zeroizing::new(der.as_ref().to_vec()))
             }
             Inner::Rsa { pkcs1, .. } => ("RSA PRIVATE KEY", pkcs1.clone()),
@@ -257,7 +323,7 @@ impl TeeKeyPair {
         }
         let encrypted_key = b64("encrypted_key", &jwe.encrypted_key)?;
         let cek = match (&self.inner, text("alg")) {
-            (Inner::Ec { private, .. }, ECDH_ES_A256KW) => {
+            (Inner::Ec { curve, private, .. }, ECDH_ES_A256KW) => {
                 let epk = header
                     .get("epk")
                     .ok_or_else(|| Error::Jwe("ECDH-ES header without epk".into()))?;
@@ -267,15 +333,17 @@ impl TeeKeyPair {
                         epk.get(name).and_then(Value::as_str).unwrap_or_default(),
                     )
                 };
-                if epk.get("crv").and_then(Value::as_str) != Some("P-256") {
-                    return Err(Error::Jwe("epk is not a P-256 key".into()));
+                if epk.get("crv").and_then(Value::as_str) != Some(curve.name()) {
+                    return Err(Error::Jwe(format!(
+                        "epk is not a {} key, as the TEE key is",
+                        curve.name()
+                    )));
                 }
-                let mut point = vec![4u8];
-                point.extend_from_slice(&field("x")?);
-                point.extend_from_slice(&field("y")?);
+                let point = ec_point(*curve, &field("x")?, &field("y")?)
+                    .ok_or_else(|| Error::Jwe("epk coordinates of the wrong size".into()))?;
                 let kek = agreement::agree(
                     private,
-                    UnparsedPublicKey::new(&ECDH_P256, &point),
+                    UnparsedPublicKey::new(curve.agreement(), &point),
                     Error::Jwe("ECDH with the epk failed".into()),
                     |z| Ok(concat_kdf(z, ECDH_ES_A256KW)),
                 )?;
@@ -355,21 +423,18 @@ pub fn encrypt(tee_pubkey: &TeePubKey, plaintext: &[u8]) -> Result<Value> {
         .map_err(|_| Error::Key("no randomness".into()))?;
     let (header, encrypted_key) = match tee_pubkey {
         TeePubKey::Ec { crv, x, y, .. } => {
-            if crv != "P-256" {
-                return Err(Error::Key(format!("unsupported curve {crv:?}")));
-            }
-            let mut point = vec![4u8];
-            point.extend_from_slice(&b64("x", x)?);
-            point.extend_from_slice(&b64("y", y)?);
-            let ephemeral = PrivateKey::generate(&ECDH_P256)
-                .map_err(|_| Error::Key("P-256 key generation failed".into()))?;
+            let curve = Curve::from_name(crv)?;
+            let invalid = || Error::Key(format!("the TEE public key is not a valid {crv} point"));
+            let point = ec_point(curve, &b64("x", x)?, &b64("y", y)?).ok_or_else(invalid)?;
+            let ephemeral = PrivateKey::generate(curve.agreement())
+                .map_err(|_| Error::Key(format!("{crv} key generation failed")))?;
             let kek = agreement::agree(
                 &ephemeral,
-                UnparsedPublicKey::new(&ECDH_P256, &point),
-                Error::Key("the TEE public key is not a valid P-256 point".into()),
+                UnparsedPublicKey::new(curve.agreement(), &point),
+                invalid(),
                 |z| Ok(concat_kdf(z, ECDH_ES_A256KW)),
             )?;
-            let epk = TeeKeyPair::from_ec(ephemeral)?;
+            let epk = TeeKeyPair::from_ec(ephemeral, curve)?;
             let TeePubKey::Ec { x, y, .. } = epk.public() else {
                 return Err(Error::Key("ephemeral key".into()));
             };
@@ -381,7 +446,7 @@ pub fn encrypt(tee_pubkey: &TeePubKey, plaintext: &[u8]) -> Result<Value> {
             let mut other = Map::new();
             other.insert(
                 "epk".into(),
-                json!({ "crv": "P-256", "kty": "EC", "x": x, "y": y }),
+                json!({ "crv": curve.name(), "kty": "EC", "x": x, "y": y }),
             );
             (header_json(ECDH_ES_A256KW, other), wrapped)
         }
@@ -453,6 +518,19 @@ fn concat_kdf(z: &[u8], alg: &str) -> Zeroizing<[u8; 32]> {
     hasher.update(0u32.to_be_bytes());
     hasher.update(256u32.to_be_bytes());
     Zeroizing::new(hasher.finalize().into())
+}
+
+/// The uncompressed SEC1 point of JWK coordinates, which must each be the curve's full size.
+fn ec_point(curve: Curve, x: &[u8], y: &[u8]) -> Option<Vec<u8>> {
+    let len = curve.coordinate_len();
+    if x.len() != len || y.len() != len {
+        return None;
+    }
+    let mut point = Vec::with_capacity(1 + 2 * len);
+    point.push(4u8);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    Some(point)
 }
 
 fn aes_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
@@ -547,6 +625,44 @@ mod tests {
     #[test]
     fn ec_roundtrip_and_tamper() {
         roundtrip(KeyAlgorithm::EcdhEsA256KwP256);
+    }
+
+    /// `tee_key_algorithm = "ECDH-ES+A256KW-P521"`, which guest-components
+    /// `kbs_protocol/src/keypair.rs` allows and Trustee `kbs/src/jwe/mod.rs` encrypts to.
+    #[test]
+    fn p521_roundtrip_and_tamper() {
+        roundtrip(KeyAlgorithm::EcdhEsA256KwP521);
+        let pair = TeeKeyPair::generate(KeyAlgorithm::EcdhEsA256KwP521).unwrap();
+        let TeePubKey::Ec { crv, x, y, .. } = pair.public() else {
+            panic!("an EC key")
+        };
+        assert_eq!(crv, "P-521");
+        // 66-byte coordinates, as upstream's P521EcKeyPair exports them.
+        assert_eq!(URL_SAFE_NO_PAD.decode(x).unwrap().len(), 66);
+        assert_eq!(URL_SAFE_NO_PAD.decode(y).unwrap().len(), 66);
+        assert_eq!(pair.algorithm(), KeyAlgorithm::EcdhEsA256KwP521);
+        // A P-256 resource is refused by a P-521 key, by its curve, and the other way round.
+        let p256 = TeeKeyPair::generate(KeyAlgorithm::EcdhEsA256KwP256).unwrap();
+        let for_p256 = serde_json::to_vec(&encrypt(&p256.public(), b"x").unwrap()).unwrap();
+        let err = pair.decrypt(&for_p256).unwrap_err();
+        assert!(err.to_string().contains("P-521"), "{err}");
+        let for_p521 = serde_json::to_vec(&encrypt(&pair.public(), b"x").unwrap()).unwrap();
+        assert!(p256.decrypt(&for_p521).is_err());
+    }
+
+    /// The names upstream AA's config accepts for `tee_key_algorithm`
+    /// (guest-components `kbs_protocol/src/keypair.rs` `TeeKeyAlgorithm`).
+    #[test]
+    fn key_algorithm_names_as_upstream() {
+        for (name, alg) in [
+            ("ECDH-ES+A256KW-P256", KeyAlgorithm::EcdhEsA256KwP256),
+            ("ECDH-ES+A256KW-P521", KeyAlgorithm::EcdhEsA256KwP521),
+            ("RSA-OAEP-256", KeyAlgorithm::RsaOaep256),
+        ] {
+            let parsed: KeyAlgorithm = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(parsed, alg, "{name}");
+            assert_eq!(name.parse::<KeyAlgorithm>().unwrap(), alg, "{name}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! callers hand the client an [`client::EvidenceSource`].
 
 pub mod client;
+pub mod coco_as;
 pub mod config;
 pub mod jwe;
 pub mod resource;

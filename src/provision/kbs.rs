@@ -4,7 +4,8 @@
 
 use super::layer::{AnnotationPacket, WRAP_TYPE_AES_GCM};
 use super::{coco_evidence_of, Error, Provisioner, Result};
-use crate::kbs::config::KbsSettings;
+use crate::kbs::coco_as::{CocoAsClient, CocoAsOptions};
+use crate::kbs::config::{CocoAsSettings, KbsSettings};
 use crate::kbs::{EvidenceSource, KbsClient, KbsOptions, ResourceUri};
 use crate::snp::attester::Attester;
 use crate::snp::chain::ChainCache;
@@ -38,17 +39,16 @@ pub struct KbsTokenReply(pub Zeroizing<Vec<u8>>);
 
 impl Provisioner {
     /// Adds the KBS backend. `http` must already trust the KBS (see `crate::http::client_pinned`
-    /// for a pinned certificate); `max_resource` bounds a resource body.
+    /// for a pinned certificate); `max_resource` bounds a resource body. `init_data` is init-data
+    /// TOML that matched HOST_DATA: it goes with every attestation.
     pub fn with_kbs(
         mut self,
         settings: &KbsSettings,
         http: reqwest::Client,
         max_resource: usize,
+        init_data: Option<String>,
     ) -> Result<Self> {
-        let evidence = Arc::new(TeeEvidence {
-            attester: Arc::clone(&self.attester),
-            chains: Arc::clone(&self.chains),
-        });
+        let evidence = self.tee_evidence();
         let client = KbsClient::new(
             http,
             KbsOptions {
@@ -59,11 +59,52 @@ impl Provisioner {
                     ..self.retry
                 },
                 max_resource,
+                init_data,
             },
             evidence,
         )?;
         self.kbs = Some(Arc::new(client));
         Ok(self)
+    }
+
+    fn tee_evidence(&self) -> Arc<TeeEvidence> {
+        Arc::new(TeeEvidence {
+            attester: Arc::clone(&self.attester),
+            chains: Arc::clone(&self.chains),
+        })
+    }
+
+    /// Adds the Trustee attestation service `GetToken("coco_as")` attests to.
+    pub fn with_coco_as(
+        mut self,
+        settings: &CocoAsSettings,
+        http: reqwest::Client,
+        init_data: Option<String>,
+    ) -> Result<Self> {
+        let client = CocoAsClient::new(
+            http,
+            CocoAsOptions {
+                url: settings.url.clone(),
+                retry: self.retry,
+                init_data,
+            },
+            self.tee_evidence(),
+        )?;
+        self.coco_as = Some(Arc::new(client));
+        Ok(self)
+    }
+
+    /// `GetToken("coco_as")`: a token from the configured Trustee attestation service, for this
+    /// TEE's fresh evidence.
+    pub async fn coco_as_token(&self) -> Result<crate::kbs::KbsToken> {
+        let client = self.coco_as.as_ref().ok_or_else(|| {
+            Error::NotConfigured(
+                "no Trustee attestation service is configured ([token_configs.coco_as] in the \
+                 AA config or in the init-data's aa.toml)"
+                    .into(),
+            )
+        })?;
+        Ok(client.token().await?)
     }
 
     fn kbs(&self) -> Result<&Arc<KbsClient>> {
@@ -80,9 +121,11 @@ impl Provisioner {
         self.kbs.as_ref().map(|k| k.url())
     }
 
-    /// Upstream AA's `GetToken("kbs")` reply: `{"token": <JWT>, "tee_keypair": <PEM>}`.
+    /// Upstream AA's `GetToken("kbs")` reply: `{"token": <JWT>, "tee_keypair": <PEM>}`, from a
+    /// fresh RCAR handshake on every call (as upstream's agent), apart from the session aasp's
+    /// own resource reads share.
     pub async fn kbs_token(&self) -> Result<KbsTokenReply> {
-        let session = self.kbs()?.session().await?;
+        let session = self.kbs()?.fresh_session().await?;
         let pem = session.tee_key.private_pem()?;
         let reply = serde_json::json!({
             "token": session.token.expose(),

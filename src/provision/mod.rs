@@ -264,6 +264,8 @@ pub struct Provisioner {
     tokens: FlightCache<(Endpoint, String), MaaToken>,
     /// The Trustee KBS backend, when one is configured (`with_kbs`).
     kbs: Option<Arc<crate::kbs::KbsClient>>,
+    /// The Trustee attestation service of `GetToken("coco_as")`, when one is configured.
+    coco_as: Option<Arc<crate::kbs::coco_as::CocoAsClient>>,
     /// Where layer-key decrypts run (`with_decrypt_threads`).
     decrypt: decrypt::DecryptPool,
     /// The key of the last annotation packet unwrapped, parsed (see `layer`).
@@ -332,6 +334,7 @@ impl Provisioner {
             keys: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             tokens: FlightCache::new(parts.cache_ttl, CACHE_CAPACITY),
             kbs: None,
+            coco_as: None,
             decrypt: decrypt::DecryptPool::per_cpu(),
             last_packet_key: std::sync::Mutex::new(None),
             releasing: AtomicUsize::new(0),

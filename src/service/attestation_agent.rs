@@ -3,15 +3,15 @@
 use super::{rpc, Backend, ServiceError};
 use crate::proto::attestation_agent as pb;
 use crate::snp::evidence::coco_report_data;
-use crate::snp::initdata::host_data_for;
+use crate::snp::initdata::{check_host_data, BindError};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct Agent(pub Arc<Backend>);
 
-/// The token types GetToken serves: `kbs` (upstream's, from the configured Trustee KBS) and
-/// `maa` (aasp's extension: an MAA JWT for the report).
-const TOKEN_TYPES: [&str; 2] = ["kbs", "maa"];
+/// The token types GetToken serves: `kbs` and `coco_as` (upstream's, from the configured Trustee
+/// KBS or attestation service) and `maa` (aasp's extension: an MAA JWT for the report).
+const TOKEN_TYPES: [&str; 3] = ["kbs", "coco_as", "maa"];
 
 /// What GetTeeType answers. The simulator says `snp` too: its evidence is SNP evidence, and a
 /// verifier told `sample` would parse it as upstream's sample attester's document and fail.
@@ -32,17 +32,13 @@ pub async fn bind_init_data(
             "Digest is empty; it is the init-data digest (SHA-256, -384 or -512)",
         ));
     }
-    let expected = host_data_for(digest);
-    let (report, _) =
-        crate::snp::attester::fetch_report(backend.provisioner.attester(), [0u8; 64]).await?;
-    aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &report.host_data).map_err(
-        |_| {
-            ServiceError::PermissionDenied(
-                "the init-data digest does not match the report's HOST_DATA".into(),
-            )
-        },
-    )?;
-    Ok(pb::BindInitDataResponse {})
+    match check_host_data(backend.provisioner.attester(), digest).await {
+        Ok(()) => Ok(pb::BindInitDataResponse {}),
+        Err(BindError::Mismatch) => Err(ServiceError::PermissionDenied(
+            BindError::Mismatch.to_string(),
+        )),
+        Err(BindError::Report(e)) => Err(e.into()),
+    }
 }
 
 /// GetToken("kbs"): `{"token": JWT, "tee_keypair": PEM}` from the configured Trustee KBS, as
@@ -56,6 +52,11 @@ async fn kbs_token(backend: &Backend) -> Result<Vec<u8>, ServiceError> {
 async fn get_token(backend: &Backend, token_type: &str) -> Result<Vec<u8>, ServiceError> {
     match token_type {
         "kbs" => kbs_token(backend).await,
+        // Upstream's reply is the AS's token text itself.
+        "coco_as" => {
+            let token = backend.provisioner.coco_as_token().await?;
+            Ok(token.expose().as_bytes().to_vec())
+        }
         // An empty type keeps the MAA token older aasp clients asked for without one.
         "maa" | "" => {
             let token = backend

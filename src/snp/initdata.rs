@@ -10,6 +10,7 @@
 use serde::Deserialize;
 use sha2::Digest;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// SNP's HOST_DATA size.
 pub const HOST_DATA_LEN: usize = 32;
@@ -27,22 +28,92 @@ struct Document {
     #[allow(dead_code)] // Required by the format; no version changes the digest.
     version: String,
     algorithm: String,
-    #[allow(dead_code)]
-    // Its content is the consumers' (AA, CDH, policy); only its bytes count here.
     data: HashMap<String, String>,
 }
 
 /// The digest of an init-data document: its `algorithm` over the text exactly as given.
 pub fn digest(toml_text: &str) -> Result<Vec<u8>, InitdataError> {
+    parse(toml_text).map(|(_, digest)| digest)
+}
+
+fn parse(toml_text: &str) -> Result<(Document, Vec<u8>), InitdataError> {
     let document: Document =
         toml::from_str(toml_text).map_err(|e| InitdataError::Toml(e.to_string()))?;
     let bytes = toml_text.as_bytes();
-    match document.algorithm.as_str() {
-        "sha256" => Ok(sha2::Sha256::digest(bytes).to_vec()),
-        "sha384" => Ok(sha2::Sha384::digest(bytes).to_vec()),
-        "sha512" => Ok(sha2::Sha512::digest(bytes).to_vec()),
-        other => Err(InitdataError::Algorithm(other.to_owned())),
+    let digest = match document.algorithm.as_str() {
+        "sha256" => sha2::Sha256::digest(bytes).to_vec(),
+        "sha384" => sha2::Sha384::digest(bytes).to_vec(),
+        "sha512" => sha2::Sha512::digest(bytes).to_vec(),
+        other => return Err(InitdataError::Algorithm(other.to_owned())),
+    };
+    Ok((document, digest))
+}
+
+/// The `[data]` table of an init-data document (what Trustee turns into `init_data_claims`).
+pub fn data(toml_text: &str) -> Result<HashMap<String, String>, InitdataError> {
+    parse(toml_text).map(|(document, _)| document.data)
+}
+
+/// Why init-data could not be bound to this TEE.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("the init-data digest does not match the report's HOST_DATA")]
+    Mismatch,
+    #[error(transparent)]
+    Report(#[from] crate::snp::Error),
+}
+
+/// Checks a digest against this TEE's HOST_DATA under the initdata rule, in constant time.
+pub async fn check_host_data(
+    attester: &Arc<dyn crate::snp::attester::Attester>,
+    digest: &[u8],
+) -> Result<(), BindError> {
+    let expected = host_data_for(digest);
+    let (report, _) = crate::snp::attester::fetch_report(attester, [0u8; 64]).await?;
+    aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &report.host_data)
+        .map_err(|_| BindError::Mismatch)
+}
+
+/// An init-data document whose digest matched this TEE's HOST_DATA: only then may its settings
+/// (`aa.toml`) be used and its text be sent to a KBS, as upstream's agent does after its
+/// start-up check (guest-components `attestation-agent/src/bin/ttrpc-aa.rs`).
+#[derive(Debug)]
+pub struct VerifiedInitData {
+    toml: String,
+    data: HashMap<String, String>,
+}
+
+impl VerifiedInitData {
+    /// Parses `toml_text` and checks its digest against the attester's HOST_DATA.
+    pub async fn verify(
+        attester: &Arc<dyn crate::snp::attester::Attester>,
+        toml_text: String,
+    ) -> Result<Self, VerifyError> {
+        let (document, digest) = parse(&toml_text)?;
+        check_host_data(attester, &digest).await?;
+        Ok(VerifiedInitData {
+            toml: toml_text,
+            data: document.data,
+        })
     }
+
+    /// The document exactly as given (its bytes are what the digest covers).
+    pub fn toml(&self) -> &str {
+        &self.toml
+    }
+
+    /// `data."aa.toml"`: the attestation agent's configuration the workload owner chose.
+    pub fn aa_toml(&self) -> Option<&str> {
+        self.data.get("aa.toml").map(String::as_str)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Document(#[from] InitdataError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// The HOST_DATA a digest stands for under the initdata rule: the first 32 bytes of a longer
@@ -82,6 +153,13 @@ mod tests {
             digest("algorithm = \"sha256\""),
             Err(InitdataError::Toml(_))
         ));
+    }
+
+    #[test]
+    fn data_table_is_read() {
+        let table = data(DOC).unwrap();
+        assert!(table["aa.toml"].contains("[token_configs.kbs]"));
+        assert!(data("version = \"0.1.0\"").is_err());
     }
 
     #[test]

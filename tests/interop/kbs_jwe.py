@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """JWE interop for the KBS backend: aasp against jwcrypto (an independent JOSE implementation).
 
-For ECDH-ES+A256KW (P-256) and RSA-OAEP-256, each with A256GCM:
+For ECDH-ES+A256KW on P-256 and on P-521 (upstream's `tee_key_algorithm` ECDH-ES+A256KW-P521,
+guest-components kbs_protocol/src/keypair.rs) and RSA-OAEP-256, each with A256GCM:
   1. jwcrypto makes a key and a JWE; `aasp kbs decrypt` must recover the plaintext;
   2. `aasp kbs encrypt` (what the emulated KBS sends) must decrypt in jwcrypto;
   3. `aasp kbs keygen` writes the PEM GetToken("kbs") hands out: jwcrypto must read it as the
@@ -20,7 +21,12 @@ from jwcrypto import jwe, jwk
 from jwcrypto.common import base64url_decode, base64url_encode
 
 AASP = sys.argv[1]
-ALGS = {"ECDH-ES+A256KW": dict(kty="EC", crv="P-256"), "RSA-OAEP-256": dict(kty="RSA", size=2048)}
+# aasp's --alg name -> (the JWE `alg`, jwcrypto key parameters)
+ALGS = {
+    "ECDH-ES+A256KW": ("ECDH-ES+A256KW", dict(kty="EC", crv="P-256")),
+    "ECDH-ES+A256KW-P521": ("ECDH-ES+A256KW", dict(kty="EC", crv="P-521")),
+    "RSA-OAEP-256": ("RSA-OAEP-256", dict(kty="RSA", size=2048)),
+}
 
 
 def aasp(args, stdin=b"", check=True):
@@ -47,7 +53,7 @@ def tee_pubkey(key, alg):
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        for alg, params in ALGS.items():
+        for name, (alg, params) in ALGS.items():
             plaintext = os.urandom(73)
             key = jwk.JWK.generate(**params)
             pem = os.path.join(tmp, "key.pem")
@@ -80,13 +86,13 @@ def main():
 
             # 3. aasp keygen PEM <-> jwcrypto
             gen_pem = os.path.join(tmp, "gen.pem")
-            printed = json.loads(aasp(["keygen", "--alg", alg, "--out", gen_pem]).stdout)
+            printed = json.loads(aasp(["keygen", "--alg", name, "--out", gen_pem]).stdout)
             with open(gen_pem, "rb") as f:
                 loaded = jwk.JWK.from_pem(f.read())
             assert tee_pubkey(loaded, alg) == printed, f"{alg}: PEM and printed JWK differ"
             blob = jwcrypto_encrypt(loaded, alg, plaintext)
             assert aasp(["decrypt", "--key", gen_pem], blob).stdout == plaintext
-            print(f"interop: KBS JWE {alg}/A256GCM: jwcrypto <-> aasp ok")
+            print(f"interop: KBS JWE {name}/A256GCM: jwcrypto <-> aasp ok")
 
 
 main()

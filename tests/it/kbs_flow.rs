@@ -91,6 +91,7 @@ impl Stack {
                 key_algorithm,
                 retry: fast_retry(),
                 max_resource: aasp::http::limits::KBS_RESOURCE_DEFAULT,
+                init_data: None,
             },
             self.evidence.clone(),
         )

@@ -89,8 +89,8 @@ async fn kbs_surfaces_of_the_dev_stack() {
             .kbs
             .attestations
             .load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "GetToken and both reads share one attested session"
+        2,
+        "GetToken attests on its own (as upstream's agent); both reads share one session"
     );
 
     // A missing resource is NOT_FOUND; a malformed path INVALID_ARGUMENT.

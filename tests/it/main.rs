@@ -15,6 +15,7 @@ mod azure_flow;
 mod bounds_readers;
 mod cli;
 mod cli_azure;
+mod coco_real;
 mod deploy;
 mod dev_trust;
 mod encfs_blob;
