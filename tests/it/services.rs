@@ -650,7 +650,7 @@ fn attestation_agent_rpcs() {
         // name the supported ones.
         let status = client
             .get_token(aa::GetTokenRequest {
-                token_type: "coco_as".into(),
+                token_type: "tpm".into(),
             })
             .await
             .unwrap_err();

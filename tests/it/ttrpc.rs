@@ -114,7 +114,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
         AA,
         "GetToken",
         &aa::GetTokenRequest {
-            token_type: "coco_as".into(),
+            token_type: "tpm".into(),
         },
     )
     .await
