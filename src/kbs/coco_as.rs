@@ -93,7 +93,11 @@ impl CocoAsClient {
             .await?;
         let status = response.status();
         if !status.is_success() {
-            return Err(as_status_error(&url, status, &read_error_body(response).await));
+            return Err(as_status_error(
+                &url,
+                status,
+                &read_error_body(response).await,
+            ));
         }
         let bad = |reason: &str| Error::BadResponse {
             url: url.clone(),
