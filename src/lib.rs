@@ -10,6 +10,7 @@
 //! - `files`: every file aasp writes, with an explicit mode whatever the umask.
 //! - `hardening`: no core dumps, no ptrace attach of a process holding keys.
 //! - `metrics`: the one metrics registry (Prometheus text on `--metrics-listen`).
+//! - `throttle`: log lines for errors that repeat, one per interval per call site.
 //! - `azure`: MAA, identity, Managed HSM / Key Vault, the key unwrap, release policies.
 //! - `kbs`: the Trustee Key Broker Service client (RCAR, sessions, TEE key, JWE resources).
 //! - `provision`: the secret flow (attest → token → release → unwrap), caches, layer keys.
@@ -36,3 +37,4 @@ pub mod proto;
 pub mod provision;
 pub mod service;
 pub mod snp;
+pub mod throttle;

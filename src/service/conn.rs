@@ -2,11 +2,15 @@
 //! idle and header-read timeouts, HTTP/2 keep-alive and stream limits, and a request-body stage
 //! that runs before a concurrency permit is taken.
 //!
-//! - **Connections**: at most `max_connections` per listener. Past the cap, the connection that
-//!   has been idle longest (no request in flight, e.g. a client that never sends a request) is
-//!   asked to close gracefully to make room; when every connection is busy, the new one is closed
-//!   at once. So idle or slow clients cannot keep a health probe out, and busy ones cannot push
-//!   the process past its descriptor limit.
+//! - **Connections**: at most `max_connections` per listener, and every listener of the process
+//!   (gRPC TCP and Unix, REST, metrics, ttrpc) draws from one [`ConnectionBudget`]: half of the
+//!   descriptor limit, however many listeners are configured. Past either cap a connection with
+//!   no request in flight is asked to close gracefully to make room: one that never completed a
+//!   request first (a client that connects and sends nothing), then the one idle longest; when
+//!   every connection is busy, the new one is closed at once. So idle or slow clients cannot keep
+//!   a health probe out, and busy ones cannot push the process past its descriptor limit.
+//! - **Accept errors** ([`AcceptPause`]): at the descriptor limit accepting pauses instead of
+//!   spinning, and the error is logged once per interval with a count.
 //! - **Idle**: a connection with no request in flight for `idle_timeout` is closed gracefully
 //!   (HTTP/2 GOAWAY: streams in progress still finish). That includes a connection that never
 //!   completes its preface or first request line.
@@ -25,7 +29,7 @@ use super::held_writes::{held_writes, WriteHold};
 use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore};
@@ -44,6 +48,8 @@ pub struct ConnectionLimits {
     /// descriptor, forever: its GOAWAY never leaves, and a closing connection is no longer
     /// counted against `max_connections`.
     pub closing_grace: Duration,
+    /// What every listener's connections are drawn from.
+    pub budget: Arc<ConnectionBudget>,
 }
 
 impl ConnectionLimits {
@@ -61,6 +67,7 @@ impl ConnectionLimits {
             keepalive_timeout: Duration::from_secs(10),
             // Long enough for any call to end on its own deadline.
             closing_grace: super::RPC_DEADLINE,
+            budget: ConnectionBudget::process(),
         }
     }
 
@@ -75,57 +82,252 @@ impl ConnectionLimits {
     }
 }
 
-/// One connection's state, as the listener sees it.
-struct Conn {
-    in_flight: AtomicUsize,
-    /// Milliseconds since the listener started, at the last request's start or end.
-    last_active_ms: AtomicU64,
-    closing: AtomicBool,
-    close: Notify,
-}
-
-/// Every open connection of one listener.
-struct Registry {
+/// The connections of every listener of the process, held to one budget: half of the
+/// descriptor limit (`RLIMIT_NOFILE`), so that however many listeners are configured the other
+/// half stays for upstream connections, files and each connection's closing moments.
+pub struct ConnectionBudget {
+    limit: usize,
     started: Instant,
     conns: Mutex<Vec<Arc<Conn>>>,
+    listeners: AtomicUsize,
 }
 
-impl Registry {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+impl std::fmt::Debug for ConnectionBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionBudget")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The budget where the descriptor limit cannot be read (or is unlimited).
+const UNKNOWN_LIMIT_BUDGET: usize = 512;
+
+/// Which of a listener's connections may be closed to make room for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Any connection with no request in flight (HTTP clients reconnect when told to go).
+    Idle,
+    /// Only connections that never completed a request: a ttrpc client keeps the connection of
+    /// its first call for its lifetime and does not reconnect (CDH's attestation-agent client).
+    NeverCompleted,
+}
+
+/// One connection's state, as the budget sees it.
+struct Conn {
+    listener: usize,
+    eviction: Eviction,
+    in_flight: AtomicUsize,
+    /// Milliseconds since the budget was made, at the last request's start or end.
+    last_active_ms: AtomicU64,
+    /// A whole request has arrived on it (HTTP: a call finished).
+    completed: AtomicBool,
+    closing: AtomicBool,
+    close: Notify,
+    /// Woken with `close`, for a connection whose reads are its only task (ttrpc).
+    close_waker: futures_util::task::AtomicWaker,
+}
+
+impl Conn {
+    /// Asks the connection to close: it no longer counts against any cap.
+    fn evict(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.close.notify_one();
+        self.close_waker.wake();
     }
 
-    /// Registers a new connection, making room past `cap` by closing the longest-idle one;
-    /// `None` when every connection is busy.
-    fn admit(&self, cap: usize) -> Option<Arc<Conn>> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let open = conns
+    fn evictable(&self) -> bool {
+        !self.closing.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && (self.eviction == Eviction::Idle || !self.completed.load(Ordering::Relaxed))
+    }
+}
+
+impl ConnectionBudget {
+    pub fn new(limit: usize) -> Self {
+        ConnectionBudget {
+            limit: limit.max(1),
+            started: Instant::now(),
+            conns: Mutex::new(Vec::new()),
+            listeners: AtomicUsize::new(0),
+        }
+    }
+
+    /// The process's budget, shared by every listener: half of `RLIMIT_NOFILE` as it was at
+    /// the first call.
+    pub fn process() -> Arc<Self> {
+        static PROCESS: OnceLock<Arc<ConnectionBudget>> = OnceLock::new();
+        Arc::clone(PROCESS.get_or_init(|| {
+            let limit = descriptor_limit().map_or(UNKNOWN_LIMIT_BUDGET, |n| n / 2);
+            Arc::new(ConnectionBudget::new(limit))
+        }))
+    }
+
+    /// How many connections every listener together may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Connections open and not asked to close, over every listener.
+    pub fn open(&self) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
             .iter()
             .filter(|c| !c.closing.load(Ordering::Relaxed))
-            .count();
-        if open >= cap {
-            let victim = conns
-                .iter()
-                .filter(|c| {
-                    !c.closing.load(Ordering::Relaxed) && c.in_flight.load(Ordering::Relaxed) == 0
-                })
-                .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed))?;
-            victim.closing.store(true, Ordering::Relaxed);
-            victim.close.notify_one();
-        }
-        let conn = Arc::new(Conn {
-            in_flight: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(self.now_ms()),
-            closing: AtomicBool::new(false),
-            close: Notify::new(),
-        });
-        conns.push(Arc::clone(&conn));
-        Some(conn)
+            .count()
     }
 
-    fn remove(&self, conn: &Arc<Conn>) {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|c| !Arc::ptr_eq(c, conn));
+    fn now_ms(&self) -> u64 {
+        millis_since(self.started)
+    }
+
+    /// A new listener's share of the budget: at most `cap` connections of its own.
+    pub fn listener(self: &Arc<Self>, cap: usize, eviction: Eviction) -> Admission {
+        Admission {
+            budget: Arc::clone(self),
+            id: self.listeners.fetch_add(1, Ordering::Relaxed),
+            cap: cap.max(1),
+            eviction,
+        }
+    }
+}
+
+fn millis_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One listener's admission of new connections into the [`ConnectionBudget`].
+pub struct Admission {
+    budget: Arc<ConnectionBudget>,
+    id: usize,
+    cap: usize,
+    eviction: Eviction,
+}
+
+impl Admission {
+    /// This listener's own cap.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Registers a new connection. Past this listener's cap a connection of its own makes room;
+    /// past the budget, one of any listener's. The victim is one that never completed a
+    /// request if there is one, else the one idle longest; `None` when no connection may go.
+    pub fn admit(&self) -> Option<Admitted> {
+        let budget = &self.budget;
+        let mut conns = budget.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut mine, mut all) = (0usize, 0usize);
+        for c in conns.iter().filter(|c| !c.closing.load(Ordering::Relaxed)) {
+            all += 1;
+            mine += usize::from(c.listener == self.id);
+        }
+        let own_cap_reached = mine >= self.cap;
+        if own_cap_reached || all >= budget.limit {
+            let victim = conns
+                .iter()
+                .filter(|c| c.evictable() && (!own_cap_reached || c.listener == self.id))
+                .min_by_key(|c| {
+                    (
+                        c.completed.load(Ordering::Relaxed),
+                        c.last_active_ms.load(Ordering::Relaxed),
+                    )
+                })?;
+            victim.evict();
+        }
+        let conn = Arc::new(Conn {
+            listener: self.id,
+            eviction: self.eviction,
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(budget.now_ms()),
+            completed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+            close_waker: futures_util::task::AtomicWaker::new(),
+        });
+        conns.push(Arc::clone(&conn));
+        Some(Admitted {
+            conn,
+            budget: Arc::clone(budget),
+        })
+    }
+}
+
+/// A connection's place in the budget, given back when dropped.
+pub struct Admitted {
+    conn: Arc<Conn>,
+    budget: Arc<ConnectionBudget>,
+}
+
+impl Admitted {
+    /// A whole request has arrived: under [`Eviction::NeverCompleted`] the connection is now
+    /// never evicted.
+    pub fn complete(&self) {
+        self.conn.completed.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready once the connection has been asked to close to make room for another.
+    pub fn poll_evicted(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.conn.close_waker.register(cx.waker());
+        if self.conn.closing.load(Ordering::Relaxed) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut conns = self.budget.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|c| !Arc::ptr_eq(c, &self.conn));
+    }
+}
+
+/// What a failed accept costs. An error of the one connection (reset or aborted before it was
+/// accepted) is skipped at once. The others (EMFILE, ENFILE, ENOBUFS, ENOMEM) would fail again
+/// at once: accepting pauses, 100 ms doubling up to 1 s, until an accept succeeds, and the
+/// error is logged once per interval with a count, never per attempt.
+#[derive(Debug, Default)]
+pub struct AcceptPause {
+    next: Option<Duration>,
+}
+
+impl AcceptPause {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+
+    pub async fn after(&mut self, error: &std::io::Error) {
+        let Some(pause) = self.pause_for(error) else {
+            return;
+        };
+        crate::warn_throttled!(
+            error = %error,
+            ?pause,
+            "accepting connections failed (at the descriptor limit?): pausing; open connections are still served"
+        );
+        tokio::time::sleep(pause).await;
+    }
+
+    /// How long to pause after `error`, if at all.
+    fn pause_for(&mut self, error: &std::io::Error) -> Option<Duration> {
+        use std::io::ErrorKind;
+        if matches!(
+            error.kind(),
+            ErrorKind::ConnectionAborted
+                | ErrorKind::ConnectionReset
+                | ErrorKind::Interrupted
+                | ErrorKind::WouldBlock
+        ) {
+            return None;
+        }
+        let pause = self.next.unwrap_or(Self::FIRST);
+        self.next = Some(pause.saturating_mul(2).min(Self::MAX));
+        Some(pause)
+    }
+
+    /// An accept succeeded.
+    pub fn reset(&mut self) {
+        self.next = None;
     }
 }
 
@@ -156,17 +358,18 @@ impl ConnectionCalls {
 /// Marks a request in flight on its connection until dropped.
 struct InFlight {
     conn: Arc<Conn>,
-    registry: Arc<Registry>,
+    /// The budget's clock.
+    started: Instant,
 }
 
 impl InFlight {
-    fn new(conn: &Arc<Conn>, registry: &Arc<Registry>) -> Self {
+    fn new(conn: &Arc<Conn>, started: Instant) -> Self {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.last_active_ms
-            .store(registry.now_ms(), Ordering::Relaxed);
+            .store(millis_since(started), Ordering::Relaxed);
         InFlight {
             conn: Arc::clone(conn),
-            registry: Arc::clone(registry),
+            started,
         }
     }
 }
@@ -175,7 +378,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn
             .last_active_ms
-            .store(self.registry.now_ms(), Ordering::Relaxed);
+            .store(millis_since(self.started), Ordering::Relaxed);
+        self.conn.completed.store(true, Ordering::Relaxed);
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -213,16 +417,11 @@ pub async fn serve<L: Accept>(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Whatever the configured cap, a quarter of the descriptor limit per listener: a gRPC, a
-    // REST and a metrics listener at their caps still leave a quarter for upstream connections,
-    // files and the health probe's own connection.
-    let max_connections = descriptor_limit().map_or(limits.max_connections, |n| {
-        limits.max_connections.min((n / 4).max(1))
-    });
-    let registry = Arc::new(Registry {
-        started: Instant::now(),
-        conns: Mutex::new(Vec::new()),
-    });
+    let admission = limits
+        .budget
+        .listener(limits.max_connections, Eviction::Idle);
+    let clock = limits.budget.started;
+    let mut pause = AcceptPause::default();
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -230,26 +429,28 @@ pub async fn serve<L: Accept>(
         let io = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(io) => io,
+                Ok(io) => {
+                    pause.reset();
+                    io
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; existing connections
-                    // keep being served.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Existing connections keep being served meanwhile.
+                    pause.after(&e).await;
                     continue;
                 }
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
-        let Some(conn) = registry.admit(max_connections) else {
-            tracing::warn!(
-                max = max_connections,
+        let Some(admitted) = admission.admit() else {
+            crate::warn_throttled!(
+                max = admission.cap(),
+                budget = limits.budget.limit(),
                 "connection refused: every connection is busy"
             );
             drop(io);
             continue;
         };
-        let registry = Arc::clone(&registry);
+        let conn = Arc::clone(&admitted.conn);
         let router = router.clone();
         let limits = limits.clone();
         let mut stopped = stop.subscribe();
@@ -257,9 +458,9 @@ pub async fn serve<L: Accept>(
         tasks.spawn(async move {
             let load = Arc::new(TaskLoad::default());
             let service = {
-                let (conn, registry, load) = (Arc::clone(&conn), Arc::clone(&registry), Arc::clone(&load));
+                let (conn, load) = (Arc::clone(&conn), Arc::clone(&load));
                 hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    let in_flight = InFlight::new(&conn, &registry);
+                    let in_flight = InFlight::new(&conn, clock);
                     request.extensions_mut().insert(ConnectionCalls(Arc::clone(&load)));
                     let call = tower::ServiceExt::oneshot(
                         router.clone(),
@@ -290,7 +491,7 @@ pub async fn serve<L: Accept>(
                 tokio::select! {
                     () = &mut connection => break,
                     () = &mut closing_deadline, if closing => {
-                        tracing::warn!(
+                        crate::warn_throttled!(
                             grace = ?limits.closing_grace,
                             "connection dropped: it did not finish closing in time (a peer that stops reading)"
                         );
@@ -305,7 +506,7 @@ pub async fn serve<L: Accept>(
                         connection.connection.as_mut().graceful_shutdown();
                     }
                     () = idle_check, if !closing => {
-                        let quiet = registry.now_ms().saturating_sub(conn.last_active_ms.load(Ordering::Relaxed));
+                        let quiet = millis_since(clock).saturating_sub(conn.last_active_ms.load(Ordering::Relaxed));
                         if conn.in_flight.load(Ordering::Relaxed) == 0
                             && u128::from(quiet) >= idle.as_millis()
                         {
@@ -321,7 +522,7 @@ pub async fn serve<L: Accept>(
                         .reset(tokio::time::Instant::now() + limits.closing_grace);
                 }
             }
-            registry.remove(&conn);
+            drop(admitted);
         });
     }
     let _ = stop.send(true);
@@ -850,6 +1051,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Whether `admitted` has been asked to close.
+    fn evicted(admitted: &Admitted) -> bool {
+        admitted.conn.closing.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn past_its_cap_a_listener_evicts_its_own_never_completed_connection_first() {
+        let budget = Arc::new(ConnectionBudget::new(100));
+        let grpc = budget.listener(3, Eviction::Idle);
+        let other = budget.listener(3, Eviction::Idle);
+        let theirs = other.admit().unwrap();
+        let oldest = grpc.admit().unwrap();
+        // The oldest has completed a call; the younger one never sent anything.
+        drop(InFlight::new(&oldest.conn, budget.started));
+        let silent = grpc.admit().unwrap();
+        let busy = grpc.admit().unwrap();
+        let _call = InFlight::new(&busy.conn, budget.started);
+        let new = grpc.admit().unwrap();
+        assert!(evicted(&silent), "the never-completed connection stayed");
+        assert!(!evicted(&oldest) && !evicted(&busy) && !evicted(&theirs));
+        // Next the one idle longest; a busy one never.
+        drop(InFlight::new(&new.conn, budget.started));
+        let _newer = grpc.admit().unwrap();
+        assert!(evicted(&oldest));
+        assert!(!evicted(&busy) && !evicted(&theirs));
+        assert_eq!(budget.open(), 4);
+    }
+
+    #[test]
+    fn the_budget_is_shared_by_every_listener() {
+        let budget = Arc::new(ConnectionBudget::new(4));
+        let ttrpc = budget.listener(128, Eviction::NeverCompleted);
+        let grpc = budget.listener(512, Eviction::Idle);
+        let cdh = ttrpc.admit().unwrap();
+        cdh.complete();
+        let idle: Vec<_> = (0..3).map(|_| ttrpc.admit().unwrap()).collect();
+        // A gRPC client (a health probe) gets in past the budget: another listener's
+        // never-completed connection makes room.
+        let probe = grpc.admit().unwrap();
+        assert!(evicted(&idle[0]), "no room was made for the probe");
+        assert!(
+            !evicted(&cdh),
+            "the connection CDH keeps for its life was evicted"
+        );
+        assert_eq!(budget.open(), 4);
+        // With every other connection busy, completed ttrpc ones are kept and the new one is
+        // refused.
+        let _calls: Vec<_> = idle[1..]
+            .iter()
+            .chain(std::iter::once(&probe))
+            .map(|a| InFlight::new(&a.conn, budget.started))
+            .collect();
+        assert!(grpc.admit().is_none());
+        assert!(!evicted(&cdh));
+        // A closed connection gives its place back.
+        drop(idle);
+        assert_eq!(budget.open(), 2);
+        assert!(grpc.admit().is_some());
+    }
+
+    #[test]
+    fn the_process_budget_is_half_the_descriptor_limit() {
+        let budget = ConnectionBudget::process();
+        assert!(Arc::ptr_eq(&budget, &ConnectionBudget::process()));
+        if let Some(n) = descriptor_limit() {
+            assert_eq!(budget.limit(), (n / 2).max(1));
+        }
+    }
+
+    #[test]
+    fn accept_errors_pause_growing_and_connection_errors_do_not() {
+        let mut pause = AcceptPause::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let pauses: Vec<_> = (0..6)
+            .map(|_| pause.pause_for(&emfile).unwrap().as_millis())
+            .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
+        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(pause.pause_for(&aborted), None);
+        pause.reset();
+        assert_eq!(pause.pause_for(&emfile), Some(Duration::from_millis(100)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

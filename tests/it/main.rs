@@ -12,6 +12,7 @@ mod common;
 
 mod attestation_agent_cli;
 mod azure_flow;
+mod bounds_listeners;
 mod bounds_readers;
 mod cli;
 mod cli_azure;
