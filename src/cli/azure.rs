@@ -46,6 +46,11 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
             args.listen
         ));
     }
+    // Before the simulator's keys are made: a taken port ends here, named.
+    super::probe_port(
+        args.listen,
+        &format!("pass --listen {}:<a free port>", args.listen.ip()),
+    )?;
     // The emulated platform hosts the simulated device: THIM serves its chain and MAA trusts
     // its root.
     let sim = Simulated::open(&args.sim.sim_options()?).map_err(|e| e.to_string())?;
@@ -376,10 +381,10 @@ pub async fn key(command: KeyCommand) -> Result<ExitCode, String> {
         }
     }
     .map_err(|e| e.to_string())?;
-    println!(
+    super::out!(
         "{}",
         serde_json::to_string_pretty(&bundle).map_err(|e| e.to_string())?
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -438,14 +443,14 @@ pub fn policy(command: PolicyCommand) -> Result<ExitCode, String> {
     match command {
         PolicyCommand::Digest { security_policy } => {
             let text = security_policy_text(&read_input(&security_policy)?);
-            println!("{}", hex::encode(Sha256::digest(&text)));
+            super::out!("{}", hex::encode(Sha256::digest(&text)))?;
         }
         PolicyCommand::Check { policy } => {
             let policy = checked_policy_file(&policy)?;
             if policy.any_uvm_warnings().is_empty() {
-                println!("ok: every rule requires a compliant UVM or a launch measurement");
+                super::out!("ok: every rule requires a compliant UVM or a launch measurement")?;
             } else {
-                println!("valid, but releases to any UVM (see the warnings)");
+                super::out!("valid, but releases to any UVM (see the warnings)")?;
             }
         }
         PolicyCommand::Release {
@@ -464,10 +469,10 @@ pub fn policy(command: PolicyCommand) -> Result<ExitCode, String> {
             for warning in policy.any_uvm_warnings() {
                 eprintln!("warning: {warning}");
             }
-            println!(
+            super::out!(
                 "{}",
                 serde_json::to_string_pretty(&policy).map_err(|e| e.to_string())?
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -504,18 +509,18 @@ async fn release(
     let released = provisioner.release(&key).await.map_err(|e| e.to_string())?;
     let jwk = &released.jwk;
     if show_secret {
-        println!(
+        super::out!(
             "{}",
             serde_json::to_string_pretty(jwk).map_err(|e| e.to_string())?
-        );
+        )?;
     } else {
         let material = serde_json::to_vec(jwk).map_err(|e| e.to_string())?;
         let fingerprint = hex::encode(Sha256::digest(zeroize::Zeroizing::new(material)));
         let summary = serde_json::json!({ "released": true, "kid": jwk.kid, "kty": jwk.kty, "jwk_sha256": fingerprint });
-        println!(
+        super::out!(
             "{}",
             serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,10 @@ pub struct DevArgs {
     /// Serve Prometheus metrics at /metrics on this loopback address, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The attestation-agent ttrpc socket (unix:///path), as `aasp serve --ttrpc-listen`
+    /// [default: unix://<state-dir>/attestation-agent.sock].
+    #[arg(long, value_name = "unix:///PATH")]
+    pub ttrpc_listen: Option<Listen>,
     /// As `aasp serve --decrypt-threads` (the benchmark compares 0 with the default).
     #[arg(long, env = crate::env::AASP_DECRYPT_THREADS, value_name = "N")]
     pub decrypt_threads: Option<usize>,
@@ -111,11 +115,11 @@ pub async fn start_with(
     state_dir: &Path,
     options: &EmulatorOptions,
 ) -> Result<DevStack, String> {
-    serve::check_listeners(listen, false)?;
+    check_loopback(listen, "--listen")?;
     // Before anything is written to the state directory: a taken port ends here, named.
     for l in listen {
         if let Listen::Tcp(addr) = l {
-            probe_port(*addr, "--listen")?;
+            super::probe_port(*addr, &format!("pass --listen {}:<a free port>", addr.ip()))?;
         }
     }
     if !emulator_listen.ip().is_loopback() && !options.allow_remote {
@@ -210,19 +214,23 @@ pub async fn start_with(
     })
 }
 
-/// Fails with a message naming the port when `addr` is taken (port 0 always binds).
-fn probe_port(addr: SocketAddr, flag: &str) -> Result<(), String> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
-            "port {} on {} is already in use: another aasp (aasp dev or aasp serve) may be running; \
-             stop it, or pass {flag} {}:<another port>",
-            addr.port(),
-            addr.ip(),
-            addr.ip()
-        )),
-        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+/// `aasp dev` listens on loopback only, and has no `--allow-remote` (`aasp serve`'s): its demo
+/// keys would go to whoever can connect. The refusal names what works instead.
+fn check_loopback(listen: &[Listen], flag: &str) -> Result<(), String> {
+    for l in listen {
+        if let Listen::Tcp(addr) = l {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "{flag} {addr}: aasp dev listens on loopback only (127.0.0.1 or [::1]), since \
+                     anyone who connects gets its demo keys; to reach it from another machine, \
+                     forward a port over SSH (ssh -L {port}:127.0.0.1:{port} THIS-HOST) and \
+                     listen on 127.0.0.1:{port}",
+                    port = addr.port()
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// The demo keys' material, kept in the state directory (mode 0600) so that secrets wrapped
@@ -349,10 +357,13 @@ async fn import_demo_keys(
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     serve::warm_up_randomness();
+    // Absolute, so that the printed lines run from any directory.
     let state_dir = args
         .state_dir
         .clone()
         .unwrap_or_else(super::default_state_dir);
+    let state_dir = std::path::absolute(&state_dir)
+        .map_err(|e| format!("--state-dir {}: {e}", state_dir.display()))?;
     let options = EmulatorOptions {
         allow_remote: args.emulator_allow_remote,
         accept_measurements: args.accept_measurement.clone(),
@@ -363,14 +374,23 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     let grpc_listeners = stack.server.listeners.clone();
     if let Some(addr) = args.metrics_listen {
         let metrics = Listen::Tcp(addr);
-        serve::check_listeners(std::slice::from_ref(&metrics), false)?;
+        check_loopback(std::slice::from_ref(&metrics), "--metrics-listen")?;
         let bound = crate::service::Bound::bind(&metrics)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         say!("metrics: http://{}/metrics", bound.local());
         stack.server.add(bound, crate::metrics::router());
     }
-    print_guide(&stack, &grpc_listeners);
+    let ttrpc = args
+        .ttrpc_listen
+        .clone()
+        .unwrap_or_else(|| Listen::Unix(state_dir.join("attestation-agent.sock")));
+    serve::serve_ttrpc(
+        &mut stack.server,
+        &stack.backend,
+        std::slice::from_ref(&ttrpc),
+    )?;
+    print_guide(&stack, &grpc_listeners, &ttrpc);
     serve::wait_for_signal().await;
     say!("stopping");
     stack.server.shutdown(Duration::from_secs(5)).await;
@@ -378,10 +398,10 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
-    // The binary that is running, so the line works after `cargo run` without aasp on PATH.
+fn print_guide(stack: &DevStack, grpc_listeners: &[Listen], ttrpc: &Listen) {
+    // The binary that is running, so the lines work after `cargo run` without aasp on PATH.
     let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
+        .map(|p| shell_word(&p.display().to_string()))
         .unwrap_or_else(|_| "aasp".into());
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -389,6 +409,10 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
         .first()
         .map(ToString::to_string)
         .unwrap_or_default();
+    let call = format!("{exe} call --target {}", shell_word(&grpc));
+    let keys_dir = shell_word(&stack.keys_dir.display().to_string());
+    let state_dir = shell_word(&stack.state_dir.display().to_string());
+    let ca = shell_word(&stack.emulator.ca_path.display().to_string());
     for l in grpc_listeners {
         say!("aasp serving gRPC on {l}");
     }
@@ -414,52 +438,52 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
         }
     });
     say!();
-    say!("Try it (grpcurl; reflection is on, no proto files needed; each `$` line runs as is):");
-    say!("  $ grpcurl -plaintext {grpc} list");
-    say!("  $ grpcurl -plaintext -d '{{\"name\":\"dev\"}}' {grpc} keyprovider.KeyProviderService/SayHello");
-    say!("  $ grpcurl -plaintext -d '{{\"reportDataHexString\":\"00ff\"}}' {grpc} keyprovider.KeyProviderService/GetReport");
+    say!("Try it: each `$` line runs as printed, from any directory (`{exe} call list` names every method):");
+    say!("  $ {call} keyprovider.KeyProviderService/SayHello -d '{{\"name\":\"dev\"}}'");
+    say!("  $ {call} keyprovider.KeyProviderService/GetReport -d '{{\"reportDataHexString\":\"00ff\"}}'");
     say!(
-        "  $ grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/WrapKey",
+        "  $ {call} keyprovider.KeyProviderService/WrapKey --decode -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}'",
         b64.encode(wrap.to_string())
     );
-    // A runnable UnWrapKey: a demo secret wrapped offline for demo-rsa, exactly as `aasp wrap`
-    // would, so the command below answers with it.
-    match demo_unwrap_request(&stack.keys_dir) {
-        Ok(request) => say!(
-            "  $ grpcurl -plaintext -d '{{\"KeyProviderKeyWrapProtocolInput\":\"{}\"}}' {grpc} keyprovider.KeyProviderService/UnWrapKey",
-            b64.encode(request)
+    match write_demo_annotation(&stack.keys_dir, &stack.state_dir) {
+        Ok(path) => say!(
+            "  $ {call} keyprovider.KeyProviderService/UnWrapKey --decode --annotation {}",
+            shell_word(&path.display().to_string())
         ),
         Err(e) => say!("  (no UnWrapKey example: {e})"),
     }
-    say!("  $ grpcurl -plaintext -d '{{\"RuntimeData\":\"{}\"}}' {grpc} attestation_agent.AttestationAgentService/GetEvidence", b64.encode("{}"));
-    say!("  $ grpcurl -plaintext -d '{{\"TokenType\":\"maa\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
-    say!("  $ grpcurl -plaintext {grpc} attestation_agent.AttestationAgentService/GetTeeType");
-    say!("  # Trustee KBS (emulated): a token with its TEE key, then a resource over RCAR:");
-    say!("  $ grpcurl -plaintext -d '{{\"TokenType\":\"kbs\"}}' {grpc} attestation_agent.AttestationAgentService/GetToken");
+    say!("  $ {call} attestation_agent.AttestationAgentService/GetEvidence --decode -d '{{\"RuntimeData\":\"{}\"}}'", b64.encode("{}"));
+    say!("  $ {call} attestation_agent.AttestationAgentService/GetToken --decode -d '{{\"TokenType\":\"maa\"}}'");
+    say!("  # The same agent over ttrpc, as Kata's guest components call it:");
     say!(
-        "  $ grpcurl -plaintext -d '{{\"ResourcePath\":\"kbs:///{DEMO_KBS_RESOURCE}\",\"KbcName\":\"cc_kbc\"}}' {grpc} getresource.GetResourceService/GetResource"
+        "  $ {exe} call --ttrpc --target {} attestation_agent.AttestationAgentService/GetTeeType",
+        shell_word(&ttrpc.to_string())
+    );
+    say!("  # Trustee KBS (emulated): a token with its TEE key, then a resource over RCAR (raw bytes: -o FILE):");
+    say!("  $ {call} attestation_agent.AttestationAgentService/GetToken --decode -d '{{\"TokenType\":\"kbs\"}}'");
+    say!(
+        "  $ {call} getresource.GetResourceService/GetResource -d '{{\"ResourcePath\":\"kbs:///{DEMO_KBS_RESOURCE}\",\"KbcName\":\"cc_kbc\"}}' -o /tmp/aasp-kbs-resource.bin"
     );
     say!(
-        "  $ {exe} kbs get-resource kbs:///{DEMO_KBS_RESOURCE} --kbs-url {} --extra-ca {} --attester sim --state-dir {}",
+        "  $ {exe} kbs get-resource kbs:///{DEMO_KBS_RESOURCE} --kbs-url {} --extra-ca {ca} --attester sim --state-dir {state_dir} > /tmp/aasp-kbs-resource.bin",
         stack.emulator.url,
-        stack.emulator.ca_path.display(),
-        stack.state_dir.display()
     );
     say!(
-        "  $ grpcurl -plaintext -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' {grpc} getresource.GetResourceService/GetResource",
+        "  $ {call} getresource.GetResourceService/GetResource -d '{{\"ResourcePath\":\"{DEMO_OCT_KEY}\",\"KbcName\":\"aasp\",\"KbsUri\":\"{}\"}}' -o /tmp/aasp-demo-oct.key",
         stack.emulator.url
     );
-    say!("  $ grpcurl -plaintext {grpc} grpc.health.v1.Health/Check");
+    say!("  $ {call} grpc.health.v1.Health/Check");
+    say!("Protect a secret of your own (up to 318 bytes for RSA-3072) for the demo key, then unwrap it:");
+    say!(
+        "  $ printf 'my secret' > /tmp/aasp-secret.txt && {exe} wrap --key-ref {DEMO_RSA_KEY} --keys-dir {keys_dir} --in /tmp/aasp-secret.txt --out /tmp/aasp-secret.annotation"
+    );
+    say!("  $ {call} keyprovider.KeyProviderService/UnWrapKey --annotation /tmp/aasp-secret.annotation -o /tmp/aasp-secret.out && cat /tmp/aasp-secret.out");
     say!("Python client (grpcio, a venv with generated stubs; run from the repository root):");
     say!(
-        "  $ examples/python/setup.sh target/pyvenv target/pystubs && target/pyvenv/bin/python examples/python/aasp_client.py --target {grpc} --keys-dir {} --stubs target/pystubs",
-        stack.keys_dir.display()
+        "  $ examples/python/setup.sh target/pyvenv target/pystubs && target/pyvenv/bin/python examples/python/aasp_client.py --target {grpc} --keys-dir {keys_dir} --stubs target/pystubs"
     );
-    say!("Protect a secret (up to 318 bytes for RSA-3072) for the demo key:");
-    say!(
-        "  $ printf 'my secret' > /tmp/aasp-secret.txt && {exe} wrap --key-ref {DEMO_RSA_KEY} --keys-dir {} --in /tmp/aasp-secret.txt --out /tmp/aasp-secret.annotation",
-        stack.keys_dir.display()
-    );
+    say!("The SKR sidecar's drop-in against this emulator (docs/skr.md; it runs until stopped, so no `$`):");
+    say!("    {}", skr_command(&exe, stack));
     say!(
         "Demo keys, the emulator's port and its CA persist in {}: annotations wrapped now still unwrap after a restart.",
         stack.state_dir.display()
@@ -467,24 +491,73 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen]) {
     say!("Ctrl-C stops everything.");
 }
 
-/// An UnWrapKey request for a demo secret wrapped offline to demo-rsa.
-fn demo_unwrap_request(keys_dir: &Path) -> Result<String, String> {
+/// `aasp skr` as the sidecar's `/skr.sh` contract starts it (environment only), pointed at this
+/// stack: the simulated device of the same state directory, the emulator as IMDS, THIM, MAA and
+/// HSM, trusted through its dev CA.
+fn skr_command(exe: &str, stack: &DevStack) -> String {
     use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
+    let certcache = serde_json::json!({ "certcache": {
+        "endpoint_type": "LocalTHIM",
+        "endpoint": format!("{}/metadata/THIM/amd/certification", stack.emulator.url),
+    }});
+    let host = stack.emulator.host();
+    let vars = [
+        (
+            crate::env::SKR_SIDECAR_ARGS,
+            base64::engine::general_purpose::STANDARD.encode(certcache.to_string()),
+        ),
+        (crate::env::AASP_ATTESTER, "sim".to_owned()),
+        (
+            crate::env::AASP_STATE_DIR,
+            stack.state_dir.display().to_string(),
+        ),
+        (crate::env::AASP_CERT_SOURCE, "thim".to_owned()),
+        (crate::env::AASP_IMDS_ENDPOINT, stack.emulator.url.clone()),
+        (
+            crate::env::AASP_EXTRA_CA,
+            stack.emulator.ca_path.display().to_string(),
+        ),
+        (crate::env::AASP_ALLOW_MAA_HOST, host.clone()),
+        (crate::env::AASP_ALLOW_KMS_HOST, host),
+        ("Port", "8080".to_owned()),
+    ];
+    let mut line: Vec<String> = vars
+        .iter()
+        .map(|(name, value)| format!("{name}={}", shell_word(value)))
+        .collect();
+    line.push(format!("{exe} skr"));
+    line.join(" ")
+}
+
+/// `word` as one shell word: as is when it holds nothing a shell would read, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Writes a demo annotation (a secret wrapped offline to demo-rsa, as `aasp wrap` would) into
+/// the state directory, for the printed UnWrapKey line.
+fn write_demo_annotation(keys_dir: &Path, state_dir: &Path) -> Result<PathBuf, String> {
     let resolved = crate::provision::layer::resolve(DEMO_RSA_KEY, Some(keys_dir), None)
         .map_err(|e| e.to_string())?;
     let public = resolved
         .public
         .as_ref()
         .ok_or("demo-rsa has no public key")?;
-    let packet = crate::provision::layer::wrap_rsa(&resolved, public, b"hello from aasp dev")
+    let packet = crate::provision::layer::wrap_rsa(&resolved, public, DEMO_SECRET)
         .map_err(|e| e.to_string())?;
-    Ok(serde_json::json!({
-        "op": "keyunwrap",
-        "keyunwrapparams": {
-            "dc": { "Parameters": { "attestation-agent": [b64.encode("aasp")] } },
-            "annotation": packet.to_annotation(),
-        }
-    })
-    .to_string())
+    let path = state_dir.join("demo-secret.annotation");
+    crate::files::write_public(&path, packet.to_annotation().as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(path)
 }
+
+/// What the demo annotation holds.
+pub const DEMO_SECRET: &[u8] = b"hello from aasp dev";

@@ -55,7 +55,7 @@ pub async fn run(command: KbsCommand) -> Result<ExitCode, String> {
             output,
             backend,
         } => {
-            let backend = backend.build()?;
+            let backend = backend.build_for_command()?;
             let plaintext = backend
                 .provisioner
                 .kbs_resource(&uri)

@@ -9,8 +9,25 @@ macro_rules! say {
     }};
 }
 
+/// `println!` for one-shot commands, as an expression of type `Result<(), String>`: a reader
+/// that went away (`aasp … | head`) ends nothing worth reporting, as with any command-line
+/// tool, so a broken pipe is `Ok`; any other failure to write (a full disk) is the error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(format!("standard output: {e}"))
+            }
+            _ => Ok::<(), String>(()),
+        }
+    }};
+}
+use out;
+
 pub mod attestation_agent;
 mod azure;
+mod call;
 mod config;
 pub mod dev;
 pub mod encfs;
@@ -90,6 +107,9 @@ enum Command {
     Dev(dev::DevArgs),
     /// Protect a secret for an HSM key, offline: writes base64(annotation JSON).
     Wrap(wrap::WrapArgs),
+    /// Call any method aasp serves (gRPC over TCP or a Unix socket, or ttrpc), with grpcurl's
+    /// method names and protobuf JSON: unwrap an annotation, ask for evidence, check health.
+    Call(call::CallArgs),
     /// Trustee KBS tools: TEE keys and JWE resources.
     Kbs {
         #[command(subcommand)]
@@ -353,12 +373,34 @@ async fn health(target: &str) -> Result<ExitCode, String> {
         .map_err(|e| format!("{target}: {}", e.message()))?;
     let status =
         ServingStatus::try_from(reply.into_inner().status).unwrap_or(ServingStatus::Unknown);
-    println!("{}", status.as_str_name());
+    out!("{}", status.as_str_name())?;
     Ok(if status == ServingStatus::Serving {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Why `addr` cannot be listened on, and `fix`. A taken port is named without guessing who holds
+/// it (an earlier aasp, or any other program): `ss` says.
+pub fn listen_failure(addr: std::net::SocketAddr, e: &std::io::Error, fix: &str) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "cannot listen on {addr}: port {port} is already in use (`ss -ltnp 'sport = :{port}'` \
+             shows which program holds it): stop that program, or {fix}",
+            port = addr.port()
+        )
+    } else {
+        format!("cannot listen on {addr}: {e}")
+    }
+}
+
+/// Fails with [`listen_failure`] when `addr` cannot be bound now (port 0 always binds): before a
+/// command writes state or starts work it would have to undo.
+pub fn probe_port(addr: std::net::SocketAddr, fix: &str) -> Result<(), String> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| listen_failure(addr, &e, fix))
 }
 
 pub fn default_state_dir() -> PathBuf {
@@ -395,8 +437,11 @@ fn init_logging(format: LogFormat, file: Option<std::fs::File>) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // No colour escapes in a log file.
-    let ansi = file.is_none();
+    // Colour only for a person at a terminal: never in a log file, a pipe or a container log,
+    // and never when NO_COLOR is set to anything but "" (no-color.org).
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()) && {
+        std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    };
     let writer = match file {
         Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
         None => BoxMakeWriter::new(std::io::stderr),
@@ -492,6 +537,11 @@ pub fn main() -> ExitCode {
         Some(argv) => Cli::parse_from(argv),
         None => Cli::parse(),
     };
+    // A client's connection ends with the command: the ttrpc crate logs its own tasks being
+    // cancelled then, and any failure that matters is the command's error already.
+    if matches!(cli.command, Command::Call(_)) && std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn,ttrpc=off");
+    }
     let mut log_file = None;
     if let Command::Skr(skr_args) = &cli.command {
         match skr::prepare(skr_args) {
@@ -517,6 +567,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Wrap(args) => wrap::run(args).await,
+            Command::Call(args) => call::run(args).await,
             Command::Kbs { command } => kbs::run(command).await,
             Command::Skr(args) => skr::run(args).await,
             Command::Encfs(args) => encfs::run(args),

@@ -100,12 +100,12 @@ pub async fn run(args: ReportArgs) -> Result<ExitCode, String> {
                 "verified": verification.passed(),
                 "checks": verification.checks,
             });
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            super::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
         }
         ReportFormat::Text => {
-            print!("{}", attested.report);
-            println!("chain source       {}", chains.describe());
-            print_checks(&verification);
+            super::out!("{}", attested.report.to_string().trim_end())?;
+            super::out!("chain source       {}", chains.describe())?;
+            print_checks(&verification)?;
         }
         other => {
             print_report(&attested.report, &attested.raw, other, Some(&evidence))?;
@@ -129,20 +129,18 @@ fn print_report(
     evidence: Option<&Evidence>,
 ) -> Result<(), String> {
     match format {
-        ReportFormat::Text => print!("{report}"),
-        ReportFormat::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&ReportView::from(report)).unwrap_or_default()
-            )
-        }
-        ReportFormat::Hex => println!("{}", hex::encode(raw)),
+        ReportFormat::Text => super::out!("{}", report.to_string().trim_end())?,
+        ReportFormat::Json => super::out!(
+            "{}",
+            serde_json::to_string_pretty(&ReportView::from(report)).unwrap_or_default()
+        )?,
+        ReportFormat::Hex => super::out!("{}", hex::encode(raw))?,
         ReportFormat::Raw => {
             crate::files::write_output(None, raw, true, crate::files::Mode::Public)
                 .map_err(|e| e.to_string())?
         }
         ReportFormat::Evidence => match evidence {
-            Some(evidence) => println!("{}", evidence.to_json()),
+            Some(evidence) => super::out!("{}", evidence.to_json())?,
             None => return Err("evidence output needs the certificate chain".into()),
         },
     }

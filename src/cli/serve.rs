@@ -100,6 +100,9 @@ pub struct BackendArgs {
     /// Requirements the server's own report must meet before it serves.
     #[command(flatten)]
     pub requirements: RequirementArgs,
+    /// Flags or only the environment (`aasp skr`): what refusals tell the operator to set.
+    #[arg(skip)]
+    pub configured: crate::provision::allow::Configured,
 }
 
 impl BackendArgs {
@@ -148,12 +151,20 @@ impl BackendArgs {
             tls: TlsArgs::with_extra_ca(Some(emulator_ca.to_path_buf())),
             self_check: false,
             requirements: Default::default(),
+            configured: Default::default(),
         }
     }
 
-    /// Builds the backend; the transfer key starts generating in the background.
+    /// Builds the backend for a server; the transfer key starts generating in the background.
+    /// A missing guest device is awaited (see [`AttesterArgs::open_or_await`]).
     pub fn build(&self) -> Result<Arc<Backend>, String> {
         self.build_with(self.attester.open_or_await()?)
+    }
+
+    /// Builds the backend for a one-shot command: a missing guest device is the command's error,
+    /// not something to wait for.
+    pub fn build_for_command(&self) -> Result<Arc<Backend>, String> {
+        self.build_with(self.attester.open()?)
     }
 
     /// Builds the backend around an attester already opened (the attestation-agent personality
@@ -182,6 +193,7 @@ impl BackendArgs {
         let retry = self.tls.retry_policy();
         let mut allow =
             crate::provision::allow::AllowList::with(&self.allow_kms_host, &self.allow_maa_host)?;
+        allow.configured = self.configured;
         if let Some(maa) = &self.maa_endpoint {
             // The operator's own default MAA is allowed implicitly.
             let endpoint =
@@ -460,15 +472,12 @@ impl Running {
     }
 }
 
-/// Why a listener could not bind, naming the port when another process holds it.
+/// Why a listener could not bind. A taken port is named, with how to find its holder: it may be
+/// an earlier aasp, or any other program.
 pub fn listen_error(listen: &Listen, e: &std::io::Error) -> String {
-    match (listen, e.kind()) {
-        (Listen::Tcp(addr), std::io::ErrorKind::AddrInUse) => format!(
-            "cannot listen on {addr}: port {} is already in use; another aasp (aasp serve or \
-             aasp dev) may be running there: stop it, or choose another port",
-            addr.port()
-        ),
-        _ => format!("cannot listen on {listen}: {e}"),
+    match listen {
+        Listen::Tcp(addr) => super::listen_failure(*addr, e, "choose a free port"),
+        Listen::Unix(_) => format!("cannot listen on {listen}: {e}"),
     }
 }
 

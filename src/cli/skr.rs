@@ -94,8 +94,10 @@ pub fn personality(argv: &[String]) -> Option<Vec<String>> {
     })
 }
 
-pub async fn run(args: SkrArgs) -> Result<ExitCode, String> {
+pub async fn run(mut args: SkrArgs) -> Result<ExitCode, String> {
     serve::warm_up_randomness();
+    // The sidecar's `/skr.sh` passes no flags: refusals name the AASP_* variables instead.
+    args.backend.configured = crate::provision::allow::Configured::ByEnvironment;
     let backend = args.backend.build()?;
     let addr = Listen::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)));
     let grpc = args.server_type.eq_ignore_ascii_case("grpc");
@@ -109,11 +111,9 @@ pub async fn run(args: SkrArgs) -> Result<ExitCode, String> {
     if grpc {
         say!("aasp (SKR sidecar mode) serving gRPC on {addr}");
     } else {
-        let bound = Bound::bind(&addr).await.map_err(|e| {
-            format!(
-                "cannot listen on {addr}: {e} (is another aasp or SKR sidecar using port {}?)",
-                args.port
-            )
+        let bound = Bound::bind(&addr).await.map_err(|e| match &addr {
+            Listen::Tcp(tcp) => super::listen_failure(*tcp, &e, "set Port to a free port"),
+            Listen::Unix(_) => format!("cannot listen on {addr}: {e}"),
         })?;
         say!(
             "aasp (SKR sidecar mode) serving the SKR REST API on http://{}",

@@ -146,7 +146,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
         args.at.unwrap_or_else(now_unix),
         &args.requirements.requirements(),
     );
-    print_verification(&loaded.report, &verification, args.format);
+    print_verification(&loaded.report, &verification, args.format)?;
     Ok(exit_code(&verification))
 }
 
@@ -162,7 +162,7 @@ pub fn print_verification(
     report: &crate::snp::AttestationReport,
     v: &Verification,
     format: OutputFormat,
-) {
+) -> Result<(), String> {
     match format {
         OutputFormat::Json => {
             let doc = serde_json::json!({
@@ -170,27 +170,26 @@ pub fn print_verification(
                 "checks": v.checks,
                 "report": ReportView::from(report),
             });
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            super::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
         }
-        OutputFormat::Text => {
-            print_checks(v);
-        }
+        OutputFormat::Text => print_checks(v)?,
     }
+    Ok(())
 }
 
-pub fn print_checks(v: &Verification) {
+pub fn print_checks(v: &Verification) -> Result<(), String> {
     for check in &v.checks {
         let mark = if check.passed { "ok  " } else { "FAIL" };
-        println!("[{mark}] {}: {}", check.name, check.detail);
+        super::out!("[{mark}] {}: {}", check.name, check.detail)?;
     }
-    println!(
+    super::out!(
         "{}",
         if v.passed() {
             "verified"
         } else {
             "NOT verified"
         }
-    );
+    )
 }
 
 #[cfg(test)]

@@ -40,8 +40,23 @@ pub struct WrapArgs {
 
 pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
     let secret = zeroize::Zeroizing::new(read_input(&args.input)?);
-    let resolved = resolve(&args.key_ref, args.keys_dir.as_deref(), args.maa.as_deref())
-        .map_err(|e| e.to_string())?;
+    // Refused rather than warned about: an empty secret protects nothing, and it is nearly always
+    // a mistake upstream of aasp (a wrong path, an empty pipe) that would otherwise surface only
+    // inside the TEE, as an unwrapped secret of 0 bytes.
+    if secret.is_empty() {
+        return Err(format!(
+            "--in {}: the secret is empty; write it to the file first (printf 'my secret' > FILE)",
+            args.input.display()
+        ));
+    }
+    let resolved = resolve(&args.key_ref, args.keys_dir.as_deref(), args.maa.as_deref()).map_err(
+        |e| match e {
+            crate::provision::Error::NoMaa { subject } => {
+                format!("{subject}: pass --maa HOST, the MAA the TEE will attest to")
+            }
+            other => other.to_string(),
+        },
+    )?;
     let public = match &resolved.public {
         Some(public) => public.clone(),
         // A key-info file without a public key: say so before any network call (an oct key such
@@ -89,15 +104,22 @@ pub async fn run(args: WrapArgs) -> Result<ExitCode, String> {
         crate::files::Mode::Public,
     )
     .map_err(|e| e.to_string())?;
-    let into = match args.output.as_deref().filter(|p| p.as_os_str() != "-") {
-        Some(path) => path.display().to_string(),
-        None => "standard output".into(),
-    };
+    let file = args.output.as_deref().filter(|p| p.as_os_str() != "-");
+    let into = file.map_or_else(|| "standard output".into(), |p| p.display().to_string());
     eprintln!(
         "wrapped {} bytes for {} ({}) into {into}",
         secret.len(),
         resolved.key,
         packet.wrap_type,
+    );
+    // The way back, for an aasp inside the TEE (`aasp dev` stands in for one).
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "aasp".into());
+    let annotation = file.map_or_else(|| "FILE".into(), |p| p.display().to_string());
+    eprintln!(
+        "unwrap it where aasp serves (add --target HOST:PORT if not 127.0.0.1:50000):\n  \
+         {exe} call keyprovider.KeyProviderService/UnWrapKey --annotation {annotation} --decode"
     );
     Ok(ExitCode::SUCCESS)
 }

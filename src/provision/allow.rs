@@ -82,11 +82,28 @@ pub enum Role {
     Maa,
 }
 
+/// How the operator extends the lists in the running mode: `aasp serve` takes flags; `aasp skr`,
+/// started as the sidecar's `/skr.sh`, gets no flags, only environment variables. A refusal names
+/// the one that mode can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Configured {
+    #[default]
+    ByFlags,
+    ByEnvironment,
+}
+
 impl Role {
     fn option(self) -> &'static str {
         match self {
             Role::Kms => "--allow-kms-host",
             Role::Maa => "--allow-maa-host",
+        }
+    }
+
+    fn variable(self) -> &'static str {
+        match self {
+            Role::Kms => crate::env::AASP_ALLOW_KMS_HOST,
+            Role::Maa => crate::env::AASP_ALLOW_MAA_HOST,
         }
     }
 
@@ -103,6 +120,8 @@ impl Role {
 pub struct AllowList {
     pub kms: Vec<HostPattern>,
     pub maa: Vec<HostPattern>,
+    /// What a refusal tells the operator to set.
+    pub configured: Configured,
 }
 
 impl Default for AllowList {
@@ -115,6 +134,7 @@ impl Default for AllowList {
         AllowList {
             kms: parse(&DEFAULT_KMS_HOSTS),
             maa: parse(&DEFAULT_MAA_HOSTS),
+            configured: Configured::ByFlags,
         }
     }
 }
@@ -143,13 +163,19 @@ impl AllowList {
             return Ok(());
         }
         let allowed: Vec<String> = list.iter().map(ToString::to_string).collect();
+        let fix = match self.configured {
+            Configured::ByFlags => format!("adds {} {}", role.option(), endpoint.authority()),
+            Configured::ByEnvironment => format!(
+                "sets {}={} (comma-separated, beside the others)",
+                role.variable(),
+                endpoint.authority()
+            ),
+        };
         Err(format!(
-            "{} host {} is not allowed (allowed: {}); an operator who trusts it adds {} {}",
+            "{} host {} is not allowed (allowed: {}); an operator who trusts it {fix}",
             role.name(),
             endpoint.authority(),
             allowed.join(", "),
-            role.option(),
-            endpoint.authority(),
         ))
     }
 }
@@ -186,6 +212,19 @@ mod tests {
             let err = list.check(role, &ep(bad)).unwrap_err();
             assert!(err.contains(role.option()), "{err}");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_the_variable_where_only_the_environment_configures() {
+        let list = AllowList {
+            configured: Configured::ByEnvironment,
+            ..AllowList::default()
+        };
+        let err = list.check(Role::Kms, &ep("127.0.0.1:9443")).unwrap_err();
+        assert!(err.contains("AASP_ALLOW_KMS_HOST=127.0.0.1:9443"), "{err}");
+        assert!(!err.contains("--allow"), "{err}");
+        let err = list.check(Role::Maa, &ep("maa.example")).unwrap_err();
+        assert!(err.contains("AASP_ALLOW_MAA_HOST=maa.example"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! A file modified in the last [`SETTLE`] is not kept: the kernel's file times are coarse (a few
 //! milliseconds), so a second write within one tick could otherwise go unseen.
 
-use crate::provision::{invalid, KeyRef, Result};
+use crate::provision::{invalid, Error, KeyRef, Result};
 use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -152,18 +152,21 @@ fn from_url(key_ref: &str, default_maa: Option<&str>) -> Result<ResolvedKey> {
             }
         }
     }
-    let maa = maa
-        .or_else(|| default_maa.map(str::to_owned))
-        .ok_or_else(|| {
-            invalid(format!(
-                "key reference {} names no MAA (?maa=<host>) and none is configured",
-                crate::http::quoted(key_ref)
-            ))
-        })?;
     let mut without_query = url;
     without_query.set_query(None);
+    // The key URL first: an http:// or malformed one is what to report, not a missing MAA.
+    let key = crate::azure::kms::KeyUrl::parse(without_query.as_str())
+        .map_err(|e| invalid(e.to_string()))?;
+    let maa = maa
+        .or_else(|| default_maa.map(str::to_owned))
+        .ok_or_else(|| Error::NoMaa {
+            subject: format!(
+                "key reference {} names no MAA (?maa=<host>)",
+                crate::http::quoted(key_ref)
+            ),
+        })?;
     Ok(ResolvedKey {
-        key: KeyRef::azure_url(without_query.as_str(), &maa)?,
+        key: KeyRef::from_key_url(key, &maa)?,
         public: None,
     })
 }
@@ -226,14 +229,17 @@ fn from_info(dir: &Path, name: &str, default_maa: Option<&str>) -> Result<(Resol
             info_path.display()
         )));
     }
+    // The KMS first: an http:// or malformed kms_endpoint is what to report, not a missing MAA.
+    crate::azure::kms::KeyUrl::new(&info.kms_endpoint, name)
+        .map_err(|e| invalid(format!("key info {}: {e}", info_path.display())))?;
     let maa = Some(info.attester_endpoint)
         .filter(|m| !m.trim().is_empty())
         .or_else(|| default_maa.map(str::to_owned))
-        .ok_or_else(|| {
-            invalid(format!(
-                "key info {} names no attester_endpoint and no MAA is configured (--maa-endpoint)",
+        .ok_or_else(|| Error::NoMaa {
+            subject: format!(
+                "key info {} names no attester_endpoint",
                 info_path.display()
-            ))
+            ),
         })?;
     // Key-info files are the operator's, but they can name any host: their endpoints are
     // parsed and allow-list checked like a request's (by the provisioner, before use).

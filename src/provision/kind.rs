@@ -25,7 +25,7 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Invalid(_) => ErrorKind::InvalidArgument,
+            Error::Invalid(_) | Error::NoMaa { .. } => ErrorKind::InvalidArgument,
             Error::NoTransferKey(_) => ErrorKind::Internal,
             Error::NotConfigured(_) => ErrorKind::FailedPrecondition,
             // A backend host the operator did not allow: a refusal, whatever the host would say.

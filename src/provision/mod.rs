@@ -58,6 +58,11 @@ pub enum Error {
     /// The request needs a backend this process was not configured with.
     #[error("{0}")]
     NotConfigured(String),
+    /// A key reference or key-info file names no MAA, and no default was given. Servers take
+    /// the default from `--maa-endpoint` / `AASP_MAA_ENDPOINT`; `aasp wrap` from `--maa`, and
+    /// says so itself.
+    #[error("{subject}, and no default MAA is configured (--maa-endpoint, or AASP_MAA_ENDPOINT)")]
+    NoMaa { subject: String },
     /// The request names a backend host that is not on the allow-list.
     #[error("{0}")]
     NotAllowed(String),
@@ -132,11 +137,8 @@ impl KeyRef {
         }
         let maa = maa
             .or_else(|| default_maa.map(str::to_owned))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{} names no MAA (?maa=<host>) and none is configured (--maa-endpoint)",
-                    crate::http::quoted(uri)
-                ))
+            .ok_or_else(|| Error::NoMaa {
+                subject: format!("{} names no MAA (?maa=<host>)", crate::http::quoted(uri)),
             })?;
         let key = KeyUrl::at(kms, name, None).map_err(|e| Error::Invalid(e.to_string()))?;
         Self::from_key_url(key, &maa)

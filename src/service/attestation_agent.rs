@@ -34,9 +34,9 @@ pub async fn bind_init_data(
     }
     match check_host_data(backend.provisioner.attester(), digest).await {
         Ok(()) => Ok(pb::BindInitDataResponse {}),
-        Err(BindError::Mismatch) => Err(ServiceError::PermissionDenied(
-            BindError::Mismatch.to_string(),
-        )),
+        Err(mismatch @ BindError::Mismatch { .. }) => {
+            Err(ServiceError::PermissionDenied(mismatch.to_string()))
+        }
         Err(BindError::Report(e)) => Err(e.into()),
     }
 }

@@ -57,8 +57,20 @@ pub fn data(toml_text: &str) -> Result<HashMap<String, String>, InitdataError> {
 /// Why init-data could not be bound to this TEE.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("the init-data digest does not match the report's HOST_DATA")]
-    Mismatch,
+    /// Both values are public (HOST_DATA is in every report): naming them lets the operator see
+    /// which init-data the platform was launched with.
+    #[error(
+        "the init-data digest does not match the report's HOST_DATA: digest {digest}{}, HOST_DATA {host_data}",
+        as_host_data.as_ref().map(|h| format!(" (cut or zero-padded to 32 bytes: {h})")).unwrap_or_default()
+    )]
+    Mismatch {
+        /// The digest, hex.
+        digest: String,
+        /// The digest as HOST_DATA under the initdata rule, hex, when that differs from it.
+        as_host_data: Option<String>,
+        /// The report's HOST_DATA, hex.
+        host_data: String,
+    },
     #[error(transparent)]
     Report(#[from] crate::snp::Error),
 }
@@ -70,8 +82,13 @@ pub async fn check_host_data(
 ) -> Result<(), BindError> {
     let expected = host_data_for(digest);
     let (report, _) = crate::snp::attester::fetch_report(attester, [0u8; 64]).await?;
-    aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &report.host_data)
-        .map_err(|_| BindError::Mismatch)
+    aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &report.host_data).map_err(|_| {
+        BindError::Mismatch {
+            digest: hex::encode(digest),
+            as_host_data: (digest.len() != expected.len()).then(|| hex::encode(expected)),
+            host_data: hex::encode(report.host_data),
+        }
+    })
 }
 
 /// An init-data document whose digest matched this TEE's HOST_DATA: only then may its settings

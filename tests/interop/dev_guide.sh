@@ -1,47 +1,71 @@
 #!/usr/bin/env bash
-# The first hour with `aasp dev`: every command it prints runs verbatim (dev_guide.py); a secret
-# wrapped with the printed `aasp wrap` line still unwraps after aasp dev restarts on the same
-# state directory; a second aasp dev on a taken port fails naming the port and writes no state.
-#   tests/interop/dev_guide.sh VENV STUBS
+# The first hour with `aasp dev`: every `$` line it prints runs with bash exactly as printed, from
+# the repository root as a newcomer pastes it (no tool is substituted: a missing one fails); the
+# demo and your own secret come back from UnWrapKey; a secret wrapped with the printed `aasp wrap`
+# line still unwraps after aasp dev restarts on the same state directory; a second aasp dev on a
+# taken port fails naming the port and writes no state.
+#   tests/interop/dev_guide.sh
+# Ends with "N passed, M failed"; exit status 0 only when nothing failed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-venv=$1
-stubs=$2
 state=$root/target/interop-guide
 source "$root/examples/lib.sh"
 port=$(( 23500 + RANDOM % 400 ))
+rm -f /tmp/aasp-secret.annotation /tmp/aasp-secret.out
 start_dev "$state" "$port"
-rm -f /tmp/aasp-secret.annotation
-"$venv/bin/python" "$root/tests/interop/dev_guide.py" "$state.log" "$stubs" "$root"
 
-# Port in use: refused before anything is written.
+passed=0 failed=0
+check() { # NAME OK [DETAIL]
+  if [ "$2" = 0 ]; then
+    passed=$((passed + 1)); echo "ok   $1"
+  else
+    failed=$((failed + 1)); echo "FAIL $1"; [ -z "${3:-}" ] || printf '%s\n' "$3" | tail -c 800 >&2
+  fi
+}
+short() { local l=$1; [ ${#l} -lt 110 ] && echo "$l" || echo "${l:0:107}..."; }
+
+mapfile -t lines < <(sed -n 's/^  \$ //p' "$state.log")
+[ ${#lines[@]} -ge 12 ]; check "aasp dev printed ${#lines[@]} runnable lines" $?
+for line in "${lines[@]}"; do
+  rc=0
+  out=$(bash -c "$line" 2>&1) || rc=$?
+  check "$(short "$line")" "$rc" "$out"
+  case $line in
+    *"UnWrapKey --decode --annotation $state/demo-secret.annotation"*)
+      grep -q '"optsdata": "hello from aasp dev"' <<<"$out"
+      check "the demo annotation unwraps to its secret" $? "$out" ;;
+    *"GetTeeType"*)
+      grep -q '"tee": "snp"' <<<"$out"; check "the ttrpc agent socket answers GetTeeType" $? "$out" ;;
+    *"Health/Check"*)
+      grep -q '"status": "SERVING"' <<<"$out"; check "health is SERVING" $? "$out" ;;
+  esac
+done
+[ "$(cat /tmp/aasp-secret.out 2>/dev/null)" = "my secret" ]
+check "your own secret, wrapped with the printed aasp wrap line, unwraps" $?
+
+# A command printed without `$` (it runs until stopped, or needs root) follows a line saying so.
+unmarked=$(awk '/^    [^ ]/ && prev !~ /so no `\$`/ { print } { prev = $0 }' "$state.log")
+[ -z "$unmarked" ]; check "every command printed without \$ says why" $? "$unmarked"
+
+# Port in use: refused before anything is written, naming the port and how to find its holder.
 fresh=$root/target/interop-guide-second
 rm -rf "$fresh"
-if out=$("$AASP" dev --state-dir "$fresh" --listen "127.0.0.1:$port" 2>&1); then
-  echo "FAIL a second aasp dev on a taken port started" >&2; exit 1
-fi
-grep -q "port $port on 127.0.0.1 is already in use: another aasp" <<<"$out" \
-  || { echo "FAIL port-in-use message: $out" >&2; exit 1; }
-[ ! -e "$fresh" ] || { echo "FAIL state written before binding: $fresh exists" >&2; exit 1; }
-echo "ok   a taken port is named, and no state is written"
+rc=0
+out=$("$AASP" dev --state-dir "$fresh" --listen "127.0.0.1:$port" 2>&1) || rc=$?
+[ "$rc" != 0 ] && grep -q "port $port is already in use" <<<"$out" && [ ! -e "$fresh" ]
+check "a taken port is named, and no state is written" $? "$out"
 
 # Restart on the same state directory: the annotation wrapped above still unwraps.
 kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true
 "$AASP" dev --state-dir "$state" --listen "127.0.0.1:$port" > "$state.log2" 2>&1 &
 DEV_PID=$!
 for _ in $(seq 1 150); do grep -q "Ctrl-C stops everything" "$state.log2" && break; sleep 0.2; done
-grep -q "Ctrl-C stops everything" "$state.log2" || { cat "$state.log2" >&2; exit 1; }
-"$venv/bin/python" - "127.0.0.1:$port" "$stubs" <<'PY'
-import base64, json, sys
-sys.path.insert(0, sys.argv[2])
-import grpc, keyprovider_pb2, keyprovider_pb2_grpc
-annotation = open("/tmp/aasp-secret.annotation").read()
-request = {"op": "keyunwrap", "keyunwrapparams": {"dc": {"Parameters": {"attestation-agent": [base64.b64encode(b"aasp").decode()]}},
-                                                  "annotation": annotation}}
-stub = keyprovider_pb2_grpc.KeyProviderServiceStub(grpc.insecure_channel(sys.argv[1]))
-out = stub.UnWrapKey(keyprovider_pb2.keyProviderKeyWrapProtocolInput(KeyProviderKeyWrapProtocolInput=json.dumps(request).encode()))
-secret = bytes(json.loads(out.KeyProviderKeyWrapProtocolOutput)["keyunwrapresults"]["optsdata"])
-assert secret == b"my secret", secret
-print("ok   a secret wrapped before the restart unwraps after it")
-PY
+rc=0
+out=$("$AASP" call --target "127.0.0.1:$port" keyprovider.KeyProviderService/UnWrapKey \
+  --annotation /tmp/aasp-secret.annotation -o -) || rc=$?
+[ "$rc" = 0 ] && [ "$out" = "my secret" ]
+check "a secret wrapped before the restart unwraps after it" $? "$out"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -26,4 +26,4 @@ start_dev "$state" $(( 20100 + RANDOM % 800 ))
 "$root/tests/interop/skr.sh" "$venv" "$stubs"
 
 # The first hour: every command aasp dev prints runs verbatim; wrapped secrets survive a restart.
-"$root/tests/interop/dev_guide.sh" "$venv" "$stubs"
+"$root/tests/interop/dev_guide.sh"

@@ -21,6 +21,7 @@ mod deploy;
 mod dev_trust;
 mod encfs_blob;
 mod encfs_luks2;
+mod first_hour;
 mod hardening;
 mod kbs_cli;
 mod kbs_flow;
