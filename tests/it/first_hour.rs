@@ -425,3 +425,30 @@ fn one_shot_commands_speak_as_commands() {
     assert!(!stderr.contains("NOT_SERVING"), "{stderr}");
     assert!(stderr.contains("--attester sim"), "{stderr}");
 }
+
+#[test]
+fn an_init_data_mismatch_names_both_digests() {
+    use base64::Engine;
+    let state = tempfile::tempdir().unwrap();
+    let digest = [0x61u8; 48];
+    let out = aasp()
+        .env("AASP_ATTESTER", "sim")
+        .env("AASP_STATE_DIR", state.path())
+        .arg("--attestation_sock")
+        .arg(format!("unix://{}/aa.sock", state.path().display()))
+        .arg("--initdata-digest")
+        .arg(base64::engine::general_purpose::STANDARD.encode(digest))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&hex::encode(digest)), "{stderr}");
+    // HOST_DATA of the simulator: what its policy-less launch reports.
+    let sim = aasp::snp::sim::Simulated::open(&aasp::snp::sim::SimOptions {
+        state_dir: state.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(stderr.contains(&hex::encode(sim.host_data())), "{stderr}");
+    assert!(!stderr.contains("was cancelled"), "{stderr}");
+}
