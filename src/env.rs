@@ -96,3 +96,18 @@ pub const AASP_ALLOW_INSECURE_KBS: &str = "AASP_ALLOW_INSECURE_KBS";
 /// Upstream attestation agent's `<kbc>::<uri>` (`cc_kbc::https://kbs:8080`), read before the
 /// kernel command line's `agent.aa_kbc_params=`.
 pub const AA_KBC_PARAMS: &str = "AA_KBC_PARAMS";
+
+/// `aasp encfs run`: the encfs sidecar's configuration, base64 of its JSON.
+pub const ENCFS_SIDECAR_ARGS: &str = "EncfsSideCarArgs";
+/// `--crypt`: `auto`, `kernel` (dm-crypt) or `userspace` (FUSE + loop).
+pub const AASP_ENCFS_CRYPT: &str = "AASP_ENCFS_CRYPT";
+/// `--cache-size`: block cache per encrypted filesystem (`64M`).
+pub const AASP_ENCFS_CACHE_SIZE: &str = "AASP_ENCFS_CACHE_SIZE";
+/// `--read-deadline`: seconds a storage call may take, retries included.
+pub const AASP_ENCFS_READ_DEADLINE: &str = "AASP_ENCFS_READ_DEADLINE";
+/// `--allow-storage-host`: extra storage host patterns bearer tokens may go to.
+pub const AASP_ALLOW_STORAGE_HOST: &str = "AASP_ALLOW_STORAGE_HOST";
+/// `--storage-token-file`: a storage access token in a file.
+pub const AASP_STORAGE_TOKEN_FILE: &str = "AASP_STORAGE_TOKEN_FILE";
+/// `--work-dir`: private directory of the encfs FUSE files.
+pub const AASP_ENCFS_WORK_DIR: &str = "AASP_ENCFS_WORK_DIR";

@@ -23,6 +23,13 @@ pub enum EncfsCommand {
     Create(CreateArgs),
     /// Say offline whether a key opens an image (exit 0) or not (exit 1, with what to fix).
     Check(CheckArgs),
+    /// The encfs sidecar (also run as /encfs.sh): release each filesystem's key, open its image
+    /// in blob storage and mount it for the workload; SIGTERM writes back and unmounts. Needs
+    /// root (FUSE, loop devices, mount).
+    Run(Box<super::encfs_run::RunArgs>),
+    /// Put an image into a new page blob (4 MiB Put Page calls), with a SAS URL or a bearer
+    /// token; refuses to replace an existing blob without --force.
+    Upload(super::encfs_run::UploadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,10 +86,12 @@ pub enum NewKey {
     Rsa,
 }
 
-pub fn run(args: EncfsArgs) -> Result<ExitCode, String> {
+pub async fn run(args: EncfsArgs) -> Result<ExitCode, String> {
     match args.command {
         EncfsCommand::Create(create) => run_create(create),
         EncfsCommand::Check(check) => run_check(check),
+        EncfsCommand::Run(run) => Box::pin(super::encfs_run::run(*run)).await,
+        EncfsCommand::Upload(upload) => super::encfs_run::upload(upload).await,
     }
 }
 

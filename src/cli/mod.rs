@@ -31,6 +31,7 @@ mod call;
 mod config;
 pub mod dev;
 pub mod encfs;
+mod encfs_run;
 mod kbs;
 mod report;
 pub mod serve;
@@ -533,7 +534,7 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let cli = match skr::personality(&args) {
+    let cli = match skr::personality(&args).or_else(|| encfs_run::personality(&args)) {
         Some(argv) => Cli::parse_from(argv),
         None => Cli::parse(),
     };
@@ -557,6 +558,23 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    if let Command::Encfs(encfs::EncfsArgs {
+        command: encfs::EncfsCommand::Run(run_args),
+    }) = &cli.command
+    {
+        match encfs_run::prepare(run_args) {
+            Ok(file) => log_file = file,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            if let Ok(filter) = skr::filter_for(&run_args.log_level) {
+                std::env::set_var("RUST_LOG", filter);
+            }
+        }
+    }
     run_command(cli.log_format, log_file, cli.allow_core_dumps, async move {
         match cli.command {
             Command::Verify(args) => verify::run(args),
@@ -570,7 +588,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::run(args).await,
             Command::Kbs { command } => kbs::run(command).await,
             Command::Skr(args) => skr::run(args).await,
-            Command::Encfs(args) => encfs::run(args),
+            Command::Encfs(args) => encfs::run(args).await,
             Command::Health { target } => health(&target).await,
         }
     })

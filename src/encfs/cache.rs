@@ -467,10 +467,18 @@ impl<S: Storage> BlockCache<S> {
             return Ok(());
         }
         let bs = self.config.block_size as u64;
-        let uploads = batch.iter().map(|(index, data, (a, b))| {
-            let bytes = Bytes::copy_from_slice(data.get(*a..*b).unwrap_or_default());
-            let offset = index * bs + *a as u64;
-            async move { (*index, self.storage.write(offset, bytes).await) }
+        // Owned before they become futures: the flush is awaited from tasks that must be Send.
+        let uploads: Vec<(u64, u64, Bytes)> = batch
+            .iter()
+            .map(|(index, data, (a, b))| {
+                let bytes = Bytes::copy_from_slice(data.get(*a..*b).unwrap_or_default());
+                (*index, index * bs + *a as u64, bytes)
+            })
+            .collect();
+        drop(batch);
+        let uploads = uploads.into_iter().map(|(index, offset, bytes)| {
+            let storage = Arc::clone(&self.storage);
+            async move { (index, storage.write(offset, bytes).await) }
         });
         use futures_util::StreamExt;
         let results: Vec<(u64, Result<(), BlobError>)> = futures_util::stream::iter(uploads)

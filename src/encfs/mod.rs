@@ -32,6 +32,7 @@
 pub mod args;
 pub mod blob;
 pub mod cache;
+pub mod device;
 pub mod format;
 pub mod fuse;
 pub mod image;

@@ -21,6 +21,7 @@ mod deploy;
 mod dev_trust;
 mod encfs_blob;
 mod encfs_luks2;
+mod encfs_mount;
 mod first_hour;
 mod hardening;
 mod kbs_cli;
