@@ -2,6 +2,9 @@
 //! extra trusted CA only from an explicit file, bounded timeouts; and the one parser of the
 //! backend endpoints requests name (`Endpoint`: an https origin, nothing else).
 
+#[cfg(feature = "static-dns")]
+mod dns;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,15 +61,24 @@ pub fn client_with_roots(
     if let Some(path) = &options.extra_ca {
         trusted.extend(load_ca(path)?);
     }
-    reqwest::Client::builder()
-        .connect_timeout(options.connect_timeout)
-        .timeout(options.timeout)
-        .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::custom(same_origin_only))
+    builder(options)
         .https_only(false)
         .tls_certs_only(trusted)
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
+}
+
+/// What every client shares: timeouts, user agent, the redirect rule, and (in the static build)
+/// the resolver that needs no NSS module.
+fn builder(options: &HttpOptions) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.timeout)
+        .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(same_origin_only));
+    #[cfg(feature = "static-dns")]
+    let builder = builder.dns_resolver(dns::resolver());
+    builder
 }
 
 /// Redirects stay on the origin a request was checked for. reqwest's default follows any
@@ -715,11 +727,7 @@ pub fn client_pinned(options: &HttpOptions, pem: &str) -> Result<reqwest::Client
     if certs.is_empty() {
         return Err(err("holds no PEM certificate".into()));
     }
-    reqwest::Client::builder()
-        .connect_timeout(options.connect_timeout)
-        .timeout(options.timeout)
-        .user_agent(concat!("aasp/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::custom(same_origin_only))
+    builder(options)
         .tls_certs_only(certs)
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
