@@ -23,6 +23,10 @@ pub struct EmulateArgs {
     /// Allow a non-loopback --listen address.
     #[arg(long)]
     allow_remote: bool,
+    /// Also name HOST in the TLS certificate (besides localhost and 127.0.0.1), for clients that
+    /// reach the emulator by a host name of their own, e.g. from /etc/hosts; repeatable.
+    #[arg(long, value_name = "HOST")]
+    tls_name: Vec<String>,
     /// Inject faults, e.g. "status=503@0.2,latency=1500ms@0.1,malformed@0.05,drop@0.05"
     /// (kind[=value][@rate], rate 0..1, default 1).
     #[arg(long, value_parser = clap::value_parser!(Faults), default_value = "")]
@@ -56,6 +60,7 @@ pub async fn emulate(args: EmulateArgs) -> Result<ExitCode, String> {
     let sim = Simulated::open(&args.sim.sim_options()?).map_err(|e| e.to_string())?;
     let mut config = crate::emulator::Config::new(args.sim.state_dir());
     config.listen = args.listen;
+    config.tls_names = args.tls_name;
     config.extra_roots = sim.simulated_root().into_iter().collect();
     config.thim_json = Some(sim.thim_json());
     config.accepted_measurements = accepted_measurements(args.accept_measurement, &sim);

@@ -40,6 +40,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The dev CA (`emulator/ca.pem`) lives here.
     pub state_dir: PathBuf,
+    /// Host names the TLS certificate names besides `localhost` and `127.0.0.1` (names clients
+    /// reach the emulator by through `/etc/hosts`).
+    pub tls_names: Vec<String>,
     /// ARKs MAA trusts besides AMD's (the simulator's).
     pub extra_roots: Vec<Cert>,
     /// The THIM document to serve (the simulated host's), if any.
@@ -63,6 +66,7 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_dir,
+            tls_names: Vec::new(),
             extra_roots: Vec::new(),
             thim_json: None,
             accepted_measurements: Vec::new(),
@@ -175,7 +179,8 @@ impl Running {
 
 /// Starts the emulator on `config.listen`.
 pub async fn start(config: Config) -> Result<Running, Error> {
-    let pki = pki::Pki::load_or_create(&config.state_dir.join("emulator"))?;
+    let pki =
+        pki::Pki::load_or_create_naming(&config.state_dir.join("emulator"), &config.tls_names)?;
     let maa_key = RsaKeyPair::generate(KeySize::Rsa2048)
         .map_err(|_| Error::Pki("MAA key generation failed".into()))?;
     let maa_spki = maa_key

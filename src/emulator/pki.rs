@@ -49,8 +49,14 @@ fn pki_error(e: impl std::fmt::Display) -> Error {
 }
 
 impl Pki {
-    /// Loads the dev CA from `dir` (or creates it) and issues fresh leaf certificates.
+    /// Loads the dev CA from `dir` (or creates it) and issues fresh leaf certificates for
+    /// loopback.
     pub fn load_or_create(dir: &Path) -> Result<Self, Error> {
+        Self::load_or_create_naming(dir, &[])
+    }
+
+    /// [`Pki::load_or_create`], the leaf certificates also valid for `extra_names`.
+    pub fn load_or_create_naming(dir: &Path, extra_names: &[String]) -> Result<Self, Error> {
         crate::files::create_private_dir(dir).map_err(|e| Error::Io(e.to_string()))?;
         let ca_path = dir.join(CA_FILE);
         let key_path = dir.join(CA_KEY_FILE);
@@ -80,7 +86,7 @@ impl Pki {
         let issuer = Issuer::new(params, ca_key);
 
         let server_key = KeyPair::generate().map_err(pki_error)?;
-        let server_cert = leaf_params("aasp emulator")?
+        let server_cert = leaf_params("aasp emulator", extra_names)?
             .signed_by(&server_key, &issuer)
             .map_err(pki_error)?;
 
@@ -92,7 +98,7 @@ impl Pki {
         let signer_key =
             KeyPair::from_pkcs8_der_and_sign_algo(&rsa_pkcs8.as_ref().into(), &PKCS_RSA_SHA256)
                 .map_err(pki_error)?;
-        let signer_cert = leaf_params("aasp emulator key release signer")?
+        let signer_cert = leaf_params("aasp emulator key release signer", extra_names)?
             .signed_by(&signer_key, &issuer)
             .map_err(pki_error)?;
         use base64::Engine;
@@ -108,9 +114,12 @@ impl Pki {
     }
 }
 
-fn leaf_params(cn: &str) -> Result<CertificateParams, Error> {
-    let mut params =
-        CertificateParams::new(HOSTS.map(str::to_owned).to_vec()).map_err(pki_error)?;
+fn leaf_params(cn: &str, extra_names: &[String]) -> Result<CertificateParams, Error> {
+    let names = HOSTS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .chain(extra_names.iter().cloned());
+    let mut params = CertificateParams::new(names.collect::<Vec<_>>()).map_err(pki_error)?;
     params.distinguished_name.push(DnType::CommonName, cn);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     Ok(params)
