@@ -452,3 +452,31 @@ fn an_init_data_mismatch_names_both_digests() {
     assert!(stderr.contains(&hex::encode(sim.host_data())), "{stderr}");
     assert!(!stderr.contains("was cancelled"), "{stderr}");
 }
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let state = tempfile::tempdir().unwrap();
+    // Logs an info line at once ("Trustee KBS backend"); `timeout` ends its retries.
+    let command = format!(
+        "RUST_LOG=info timeout 3 {} kbs get-resource kbs:///a/b/c --kbs-url https://127.0.0.1:9 \
+         --attester sim --state-dir {}",
+        env!("CARGO_BIN_EXE_aasp"),
+        state.path().display()
+    );
+    let (terminal, _) = on_a_terminal(&format!("{command} 2>&1"));
+    assert!(terminal.contains("Trustee KBS backend"), "{terminal}");
+    assert!(
+        terminal.contains('\u{1b}'),
+        "a terminal gets colour: {terminal}"
+    );
+    let (no_color, _) = on_a_terminal(&format!("NO_COLOR=1 {command} 2>&1"));
+    assert!(no_color.contains("Trustee KBS backend"), "{no_color}");
+    assert!(!no_color.contains('\u{1b}'), "{no_color}");
+    let piped = Command::new("bash")
+        .args(["-c", &format!("{command} 2>&1 | cat")])
+        .output()
+        .unwrap();
+    let piped = text(&piped.stdout);
+    assert!(piped.contains("Trustee KBS backend"), "{piped}");
+    assert!(!piped.contains('\u{1b}'), "{piped}");
+}
