@@ -4,6 +4,7 @@
 #   /usr/local/bin/aasp                     the binary (ENTRYPOINT aasp serve)
 #   /usr/local/bin/attestation-agent -> aasp  the CoCo attestation-agent name
 #   /skr.sh -> /usr/local/bin/aasp          the SKR sidecar's command (runs `aasp skr`)
+#   /encfs.sh -> /usr/local/bin/aasp        the encfs sidecar's command (runs `aasp encfs run`)
 #   /etc/ssl/certs/ca-certificates.crt      CA bundle (MAA, Managed HSM, THIM over TLS)
 #   /etc/passwd, /etc/group                 root and nonroot (65532:65532, as distroless)
 #   /home/nonroot, /tmp                     HOME of the default user, scratch space
@@ -25,6 +26,7 @@ layout() {
   install -m 0755 "$bin" "$root/usr/local/bin/aasp"
   ln -sf aasp "$root/usr/local/bin/attestation-agent"
   ln -sf /usr/local/bin/aasp "$root/skr.sh"
+  ln -sf /usr/local/bin/aasp "$root/encfs.sh"
   # The dynamic loader and every library ldd resolves, at the same paths.
   local lib
   for lib in $(ldd "$bin" | grep -oE '/[^ ]+'); do

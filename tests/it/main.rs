@@ -20,6 +20,7 @@ mod coco_real;
 mod deploy;
 mod dev_trust;
 mod encfs_blob;
+mod encfs_deploy;
 mod encfs_luks2;
 mod encfs_mount;
 mod first_hour;
