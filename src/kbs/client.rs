@@ -145,15 +145,7 @@ impl KbsClient {
         options: KbsOptions,
         evidence: Arc<dyn EvidenceSource>,
     ) -> Result<Self> {
-        let url = url::Url::parse(options.url.trim())
-            .map_err(|e| Error::Config(format!("KBS URL {:?}: {e}", options.url)))?;
-        if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
-            return Err(Error::Config(format!(
-                "KBS URL {:?} must be http(s)://host[:port]",
-                options.url
-            )));
-        }
-        let base = url.as_str().trim_end_matches('/').to_owned();
+        let base = super::base_url("KBS", &options.url)?;
         Ok(KbsClient {
             http,
             options,

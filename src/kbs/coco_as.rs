@@ -50,16 +50,7 @@ impl CocoAsClient {
         options: CocoAsOptions,
         evidence: Arc<dyn EvidenceSource>,
     ) -> Result<Self> {
-        let url = url::Url::parse(options.url.trim()).map_err(|e| {
-            Error::Config(format!("attestation service URL {:?}: {e}", options.url))
-        })?;
-        if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
-            return Err(Error::Config(format!(
-                "attestation service URL {:?} must be http(s)://host[:port]",
-                options.url
-            )));
-        }
-        let base = url.as_str().trim_end_matches('/').to_owned();
+        let base = super::base_url("attestation service", &options.url)?;
         Ok(CocoAsClient {
             http,
             options,

@@ -60,6 +60,19 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The base URL of a Trustee service (`what`: "KBS"), from configuration: http(s) with a host,
+/// without a trailing slash.
+fn base_url(what: &str, text: &str) -> Result<String> {
+    let url = url::Url::parse(text.trim())
+        .map_err(|e| Error::Config(format!("{what} URL {text:?}: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+        return Err(Error::Config(format!(
+            "{what} URL {text:?} must be http(s)://host[:port]"
+        )));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
 /// Reads a message out of a KBS error body (`{"type","detail"}`, kbs-types `ErrorInformation`)
 /// without echoing bodies that might carry anything else.
 fn error_message(body: &str) -> String {

@@ -411,12 +411,26 @@ async fn initdata_reaches_the_kbs_and_names_it() {
 async fn host_chosen_http_kbs_is_refused_unless_allowed() {
     let peers = peers(|_| {}).await;
     let params = [("AA_KBC_PARAMS", "cc_kbc::http://127.0.0.1:9")];
-    // Refused at start-up, naming the source and the way out.
+    // Refused at start-up, naming the source and the way out: the agent exits before its socket
+    // appears (watched as kata-agent watches it, so a served socket fails the test, not hangs it).
     let (mut command, socket) = peers.agent_command(&[]);
-    let out = command.envs(params).output().unwrap();
-    assert!(!out.status.success());
-    assert!(!socket.exists());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut refused = Agent {
+        child: command.envs(params).spawn().unwrap(),
+        socket,
+    };
+    let status = loop {
+        if let Some(status) = refused.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            !refused.socket.exists(),
+            "the agent serves with a host-chosen http KBS"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(refused.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(
         stderr.contains("AA_KBC_PARAMS") && stderr.contains("AASP_ALLOW_INSECURE_KBS"),
         "{stderr}"
