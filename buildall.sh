@@ -94,8 +94,8 @@ image() {
 bench() {
   need_rust
   cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss \
-    --example rpc_cost --example bare_server --example handoff --example fleet
-  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion handoff mixed fleet}
+    --example rpc_cost --example bare_server --example handoff --example fleet --example xts_cost
+  local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion handoff mixed fleet encfs}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
   case " $parts " in *" load "*) bench_dev_stack "$seconds" ;; esac
   case " $parts " in *" rpc "*)
@@ -133,6 +133,10 @@ bench() {
   case " $parts " in *" fleet "*)
     echo "== a fleet scaling out against throttling: 40 aasp key release processes, emulator answering 429 to half of all requests"
     target/release/examples/fleet --aasp target/release/aasp --processes 40 --faults status=429@0.5 ;;
+  esac
+  case " $parts " in *" encfs "*)
+    echo "== encfs: sector decryption CPU per GiB against bare AES-XTS loops"
+    target/release/examples/xts_cost --rounds 3 --gib 1 ;;
   esac
 }
 

@@ -52,6 +52,10 @@ pub const MAX_READ: u64 = 32 << 20;
 pub const MAX_ARGON2_MEMORY_KIB: u32 = 1 << 20;
 /// Highest Argon2 time cost accepted.
 pub const MAX_ARGON2_TIME: u32 = 1000;
+/// Highest Argon2 work accepted, passes × memory in KiB: 16 passes over 1 GiB. cryptsetup's
+/// 2-second benchmark picks 1 GiB with 4 to 10 passes on current CPUs (less memory, more passes
+/// on small machines), so its images fit; a hostile header cannot ask for minutes per keyslot.
+pub const MAX_ARGON2_WORK: u64 = 16 << 20;
 /// Highest Argon2 parallelism accepted (cryptsetup's own maximum).
 pub const MAX_ARGON2_CPUS: u32 = 16;
 /// Highest PBKDF2 iteration count accepted, for a keyslot or a digest: above anything
@@ -1116,13 +1120,14 @@ fn kdf(kdf: &JsonKdf, id: u32) -> Result<Kdf> {
                 || !(1..=MAX_ARGON2_CPUS).contains(&cpus)
                 || memory_kib < 8 * cpus
                 || memory_kib > MAX_ARGON2_MEMORY_KIB
+                || u64::from(time) * u64::from(memory_kib) > MAX_ARGON2_WORK
             {
                 return Err(Luks2Error::Bounds {
                     what: "argon2 cost",
                     detail: format!(
                         "keyslot {id}: time {time}, memory {memory_kib} KiB, cpus {cpus} (time \
                          1..={MAX_ARGON2_TIME}, cpus 1..={MAX_ARGON2_CPUS}, memory 8×cpus..=\
-                         {MAX_ARGON2_MEMORY_KIB} KiB)"
+                         {MAX_ARGON2_MEMORY_KIB} KiB, time × memory ≤ {MAX_ARGON2_WORK})"
                     ),
                 });
             }

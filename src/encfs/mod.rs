@@ -19,6 +19,8 @@
 //! Read the image's first [`luks2::BINARY_HEADER_LEN`] bytes and call
 //! [`luks2::Luks2Header::parse`]; while it answers [`luks2::Luks2Error::Truncated`], read the
 //! first `needed` bytes and call it again (at most twice, never past [`luks2::MAX_READ`]).
+//! Reading the first MiB at once answers in one call for aasp's images and for cryptsetup's
+//! default layout (keyslot 0 ends at 284 KiB).
 //! [`luks2::Luks2Header::unlock`] (seconds of KDF: a blocking thread) gives a
 //! [`luks2::Volume`]: `data_offset`, `sector_size`, `data_size(device_size)`, and in-place
 //! `decrypt`/`encrypt` of whole sectors at an offset relative to the data. For the kernel path,

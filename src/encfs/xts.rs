@@ -13,8 +13,11 @@
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::{Aes128, Aes256, Block};
 
-/// Blocks whose tweaks are prepared before one AES call: 512 bytes, a whole small sector.
-const BATCH: usize = 32;
+/// Blocks whose tweaks are prepared before one AES call: a whole 4096-byte sector. The `aes`
+/// backends pipeline 64 blocks (VAES-512), 30 (VAES-256) or 8 (AES-NI) per step and take the
+/// remainder one block at a time, so a batch shorter than 64 blocks would run every block alone
+/// on a VAES-512 machine (BENCHMARKS.md "encfs sector crypto").
+const BATCH: usize = 256;
 
 /// An XTS key of a length AES-XTS does not have.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +116,7 @@ where
     tweak.encrypt_block(&mut t_block);
     let mut t = u128::from_le_bytes(t_block.into());
     for chunk in blocks.chunks_mut(BATCH) {
+        // 4 KiB of tweaks on the stack: derived from the IV, not secret like the key.
         let mut tweaks = [0u128; BATCH];
         for (block, slot) in chunk.iter_mut().zip(tweaks.iter_mut()) {
             *slot = t;

@@ -363,6 +363,16 @@ fn hostile_headers_are_refused_with_clear_errors() {
         Luks2Error::Bounds { .. }
     ));
 
+    let mut bytes = good.clone();
+    rewrite_json(&mut bytes, |j| {
+        let salt = j["keyslots"]["0"]["kdf"]["salt"].clone();
+        j["keyslots"]["0"]["kdf"] = serde_json::json!({
+            "type": "argon2id", "time": 1000, "memory": 1_048_576, "cpus": 4, "salt": salt
+        });
+    });
+    let err = Luks2Header::parse(&bytes).unwrap_err();
+    assert!(err.to_string().contains("argon2 cost"), "{err}");
+
     // A keyslot area outside the keyslots area.
     let mut bytes = good.clone();
     rewrite_json(&mut bytes, |j| {
