@@ -398,6 +398,7 @@ pub enum PolicyCommand {
     /// Print host_data for a security policy: hex SHA-256 of its text (a base64 file, as in
     /// `security-policy-base64` or an ARM ccePolicy, is decoded first).
     Digest {
+        /// The security policy (Rego text, its base64, or an ARM ccePolicy); `-` reads stdin.
         #[arg(long, value_name = "FILE")]
         security_policy: PathBuf,
     },
@@ -418,6 +419,7 @@ pub enum PolicyCommand {
     /// Check a release policy file: refuse it when malformed or when a group is empty, and warn
     /// (standard error) about every rule that would release to any UVM.
     Check {
+        /// The release policy JSON (`{"version","anyOf":[...]}`) to check.
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
     },

@@ -33,12 +33,14 @@ pub enum KbsCommand {
     /// Encrypt standard input to a TEE public key (JWK file), as a KBS does: prints the
     /// flattened JSON JWE (A256GCM).
     Encrypt {
+        /// The TEE public key as a JWK (what `aasp kbs keygen` prints).
         #[arg(long, value_name = "FILE")]
         jwk: PathBuf,
     },
     /// Decrypt a KBS resource (flattened JSON JWE on standard input) with a TEE private key
     /// (PEM: PKCS#8, SEC1 or PKCS#1); writes the plaintext to standard output.
     Decrypt {
+        /// The TEE private key PEM (PKCS#8, SEC1 or PKCS#1).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// Where to write the plaintext (0600); without it, or with `-`, standard output, which

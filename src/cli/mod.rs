@@ -62,15 +62,15 @@ simulated device whose chain is rooted in its own ARK."
 )]
 pub struct Cli {
     /// Log format on standard error.
-    #[arg(long, value_enum, env = env::AASP_LOG_FORMAT, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, env = env::AASP_LOG_FORMAT, default_value_t = LogFormat::Text, global = true, help_heading = GLOBAL)]
     log_format: LogFormat,
     /// TOML file of options, keyed by long option name (`maa-endpoint = "..."`). Flags and
     /// environment variables override it.
-    #[arg(long, env = env::AASP_CONFIG, global = true, value_name = "FILE")]
+    #[arg(long, env = env::AASP_CONFIG, global = true, value_name = "FILE", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Keep the process dumpable: allow core dumps and ptrace attach (debugging only; a dump
     /// would hold released keys). By default both are disabled.
-    #[arg(long, env = env::AASP_ALLOW_CORE_DUMPS, global = true)]
+    #[arg(long, env = env::AASP_ALLOW_CORE_DUMPS, global = true, help_heading = GLOBAL)]
     allow_core_dumps: bool,
     #[command(subcommand)]
     command: Command,
@@ -130,11 +130,16 @@ enum Command {
     },
 }
 
+/// The `--help` heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
 /// Which attester to open, and the simulator's settings when it is the simulator.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Attester (SNP report source)")]
 pub struct AttesterArgs {
-    /// Report source: the SNP guest devices (`auto` tries /dev/sev-guest then /dev/sev and never
-    /// falls back to the simulator) or the local simulator (`sim`).
+    /// Report source: `auto` tries /dev/sev-guest then /dev/sev (Azure Container Instances) and
+    /// never falls back to the simulator; `sev-guest` or `sev` names one device; `sim` is the
+    /// local simulator (development and tests).
     #[arg(long, value_enum, env = env::AASP_ATTESTER, default_value_t = AttesterKind::Auto)]
     pub attester: AttesterKind,
     #[command(flatten)]
@@ -169,6 +174,7 @@ impl AttesterArgs {
 
 /// The state directory and the simulated device's settings.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Attester (SNP report source)")]
 pub struct SimArgs {
     /// State directory (simulator identity and keys) [default: ~/.local/state/aasp].
     #[arg(long, env = env::AASP_STATE_DIR)]
@@ -216,6 +222,7 @@ impl SimArgs {
 
 /// Outbound HTTPS settings: trust and patience.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Certificates and trust")]
 pub struct TlsArgs {
     /// PEM file of extra CA certificates trusted for outbound HTTPS and for release-response
     /// signatures (TLS verification always stays on).
@@ -279,8 +286,12 @@ impl TlsArgs {
 
 /// Where the certificate chain comes from and which roots are trusted.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Certificates and trust")]
 pub struct ChainArgs {
-    /// Certificate chain source.
+    /// Certificate chain source: `auto` (SkrSideCarArgs' certcache if set, else the security
+    /// context if present, else THIM), `thim` (the Azure host), `azcache` (Azure's certificate
+    /// cache), `kds` (AMD's KDS), `security-context` (its directory or the legacy UVM_*
+    /// variables).
     #[arg(long, value_enum, env = env::AASP_CERT_SOURCE, default_value_t = CertSourceKind::Auto)]
     pub cert_source: CertSourceKind,
     /// Endpoint of the chain source (THIM base URL, AzCache host, KDS base URL).

@@ -14,31 +14,36 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `--help` headings of the server's options.
+const LISTENERS: &str = "Listeners";
+const AZURE: &str = "Azure: MAA, Managed HSM / Key Vault, identity";
+const KEYPROVIDER: &str = "Keyprovider (image layer keys)";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to serve gRPC on: host:port or unix:///path; repeatable. Every listener serves
     /// every service.
-    #[arg(long, env = env::AASP_LISTEN, value_delimiter = ',', default_value = "127.0.0.1:50000")]
+    #[arg(long, env = env::AASP_LISTEN, value_delimiter = ',', default_value = "127.0.0.1:50000", help_heading = LISTENERS)]
     pub listen: Vec<Listen>,
     /// Serve the SKR sidecar's REST API (/status, /attest/raw, /attest/combined, /attest/maa,
     /// /key/release) on this address, e.g. 127.0.0.1:8080. Off by default.
-    #[arg(long, env = env::AASP_REST_LISTEN, value_name = "HOST:PORT")]
+    #[arg(long, env = env::AASP_REST_LISTEN, value_name = "HOST:PORT", help_heading = LISTENERS)]
     pub rest_listen: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics at /metrics on this address, e.g. 127.0.0.1:9090. Off by default.
-    #[arg(long, env = env::AASP_METRICS_LISTEN, value_name = "HOST:PORT")]
+    #[arg(long, env = env::AASP_METRICS_LISTEN, value_name = "HOST:PORT", help_heading = LISTENERS)]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Serve the attestation-agent, keyprovider and getresource APIs over ttrpc, as Kata /
     /// Confidential Containers guest components call their attestation agent, on this Unix
     /// socket (unix:///path); repeatable. Off by default.
-    #[arg(long, env = env::AASP_TTRPC_LISTEN, value_delimiter = ',', value_name = "unix:///PATH")]
+    #[arg(long, env = env::AASP_TTRPC_LISTEN, value_delimiter = ',', value_name = "unix:///PATH", help_heading = LISTENERS)]
     pub ttrpc_listen: Vec<Listen>,
     /// Allow non-loopback TCP listeners (aasp hands out keys: keep it inside the pod).
-    #[arg(long, env = env::AASP_ALLOW_REMOTE)]
+    #[arg(long, env = env::AASP_ALLOW_REMOTE, help_heading = LISTENERS)]
     pub allow_remote: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Seconds to let in-flight calls finish after SIGTERM/SIGINT.
-    #[arg(long, env = env::AASP_SHUTDOWN_GRACE, default_value_t = 10)]
+    #[arg(long, env = env::AASP_SHUTDOWN_GRACE, default_value_t = 10, value_name = "SECS", help_heading = LISTENERS)]
     pub shutdown_grace: u64,
 }
 
@@ -46,44 +51,43 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct BackendArgs {
     /// MAA endpoint used when a request names none (GetToken, GetResource, key references).
-    #[arg(long, env = env::AASP_MAA_ENDPOINT, value_name = "HOST")]
+    #[arg(long, env = env::AASP_MAA_ENDPOINT, value_name = "HOST", help_heading = AZURE)]
     pub maa_endpoint: Option<String>,
     /// Directory of `<name>-info.json` key-info files for keyprovider key references.
-    #[arg(long, env = env::AASP_KEYS_DIR, value_name = "DIR")]
+    #[arg(long, env = env::AASP_KEYS_DIR, value_name = "DIR", help_heading = KEYPROVIDER)]
     pub keys_dir: Option<PathBuf>,
     /// Extra ocicrypt provider name accepted besides "attestation-agent"; repeatable.
-    #[arg(long, env = env::AASP_PROVIDER_NAME, value_delimiter = ',')]
+    #[arg(long, env = env::AASP_PROVIDER_NAME, value_delimiter = ',', value_name = "NAME", help_heading = KEYPROVIDER)]
     pub provider_name: Vec<String>,
     /// IMDS base URL for managed identity [default: http://169.254.169.254].
-    #[arg(long, env = env::AASP_IMDS_ENDPOINT, value_name = "URL")]
+    #[arg(long, env = env::AASP_IMDS_ENDPOINT, value_name = "URL", help_heading = AZURE)]
     pub imds_endpoint: Option<String>,
     /// Client id of a user-assigned managed identity.
-    #[arg(long, env = env::AASP_CLIENT_ID)]
+    #[arg(long, env = env::AASP_CLIENT_ID, value_name = "ID", help_heading = AZURE)]
     pub client_id: Option<String>,
     /// File holding a KMS access token (instead of managed or workload identity).
-    #[arg(long, env = env::AASP_ACCESS_TOKEN_FILE, value_name = "FILE")]
+    #[arg(long, env = env::AASP_ACCESS_TOKEN_FILE, value_name = "FILE", help_heading = AZURE)]
     pub access_token_file: Option<PathBuf>,
     /// Also send credentials to this Managed HSM / Key Vault host (`host`, `host:port` or
     /// `*.suffix[:port]`; without a port only 443); repeatable. Allowed by default:
     /// *.managedhsm.azure.net, *.vault.azure.net. Requests naming any other KMS are refused.
-    #[arg(long, env = env::AASP_ALLOW_KMS_HOST, value_delimiter = ',', value_name = "PATTERN")]
+    #[arg(long, env = env::AASP_ALLOW_KMS_HOST, value_delimiter = ',', value_name = "PATTERN", help_heading = AZURE)]
     pub allow_kms_host: Vec<String>,
     /// Also attest with this MAA host (same patterns); repeatable. Allowed by default:
     /// *.attest.azure.net and the --maa-endpoint.
-    #[arg(long, env = env::AASP_ALLOW_MAA_HOST, value_delimiter = ',', value_name = "PATTERN")]
+    #[arg(long, env = env::AASP_ALLOW_MAA_HOST, value_delimiter = ',', value_name = "PATTERN", help_heading = AZURE)]
     pub allow_maa_host: Vec<String>,
     /// Seconds released keys and MAA tokens stay cached; 0 turns caching off.
-    #[arg(long, env = env::AASP_CACHE_TTL, default_value_t = 300)]
+    #[arg(long, env = env::AASP_CACHE_TTL, default_value_t = 300, value_name = "SECS", help_heading = AZURE)]
     pub cache_ttl: u64,
     /// Seconds between transfer-key rotations (the new key is generated in the background);
     /// 0 keeps one key for the process lifetime.
-    #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600)]
+    #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600, value_name = "SECS", help_heading = AZURE)]
     pub transfer_key_rotation: u64,
-    /// Layer-key RSA decrypts that may run at once, on threads of their own so that they do not
-    /// hold up other calls (a call alone on its connection decrypts in place while another
-    /// worker is free); 0 runs each inside the call's connection, holding up that connection's
-    /// other calls for the decrypt [default: the number of CPUs].
-    #[arg(long, env = env::AASP_DECRYPT_THREADS, value_name = "N")]
+    /// Layer-key RSA decrypts that may run at once on threads of their own, so that they do not
+    /// hold up other calls; 0 runs each inside its call's connection (docs/performance.md)
+    /// [default: the number of CPUs].
+    #[arg(long, env = env::AASP_DECRYPT_THREADS, value_name = "N", help_heading = KEYPROVIDER)]
     pub decrypt_threads: Option<usize>,
     #[command(flatten)]
     pub kbs: KbsArgs,
@@ -95,7 +99,7 @@ pub struct BackendArgs {
     pub tls: TlsArgs,
     /// Verify the server's own report (signature, chain to the trusted roots) before health says
     /// SERVING; implied by the requirement flags below.
-    #[arg(long)]
+    #[arg(long, help_heading = super::verify::REQUIREMENTS)]
     pub self_check: bool,
     /// Requirements the server's own report must meet before it serves.
     #[command(flatten)]
@@ -253,6 +257,7 @@ impl BackendArgs {
 /// Where the Trustee KBS is. When none is configured, KBS requests fail with
 /// FAILED_PRECONDITION and everything else works as before.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Trustee KBS")]
 pub struct KbsArgs {
     /// Trustee KBS base URL (https://kbs.example:8080). Without it: `[token_configs.kbs]` of
     /// the init-data's aa.toml (attestation-agent --initdata-toml), then of --aa-config, then

@@ -36,8 +36,12 @@ pub struct VerifyArgs {
     requirements: RequirementArgs,
 }
 
+/// The `--help` heading of the requirement options (and of `serve --self-check`).
+pub const REQUIREMENTS: &str = "Requirements on the report";
+
 /// Optional requirements on the platform and guest, checked after authenticity.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = REQUIREMENTS)]
 pub struct RequirementArgs {
     /// Minimum reported TCB per component, e.g. bootloader=3,tee=0,snp=8,microcode=115
     /// (also bl, ucode, and fmc on Turin); components not named may be anything.

@@ -23,16 +23,17 @@ pub trait Attester: Send + Sync {
     }
 }
 
-/// `--attester`: which device to use.
+/// `--attester`: which device to use. (Plain comments on the variants: doc comments would
+/// switch every command's `--help` to clap's long layout, five lines an option.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttesterKind {
-    /// `/dev/sev-guest`, else `/dev/sev`; fails if neither exists (never the simulator).
+    // `/dev/sev-guest`, else `/dev/sev`; fails if neither exists (never the simulator).
     Auto,
-    /// The upstream `/dev/sev-guest` driver.
+    // The upstream `/dev/sev-guest` driver.
     SevGuest,
-    /// The legacy `/dev/sev` driver of Azure Container Instances.
+    // The legacy `/dev/sev` driver of Azure Container Instances.
     Sev,
-    /// The local simulator (state in the state directory); for development and tests.
+    // The local simulator (state in the state directory); for development and tests.
     Sim,
 }
 

@@ -559,18 +559,19 @@ impl SideCarArgs {
     }
 }
 
-/// `--cert-source`: where the VCEK chain comes from.
+/// `--cert-source`: where the VCEK chain comes from. (Plain comments on the variants, as on
+/// `AttesterKind`; the option's help names them.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CertSourceKind {
-    /// The sidecar args' certcache if set, else the security context if present, else THIM.
+    // The sidecar args' certcache if set, else the security context if present, else THIM.
     Auto,
-    /// The Azure host's THIM endpoint (`--cert-endpoint` overrides its base URL).
+    // The Azure host's THIM endpoint (`--cert-endpoint` overrides its base URL).
     Thim,
-    /// Azure's certificate cache (`--cert-endpoint` host).
+    // Azure's certificate cache (`--cert-endpoint` host).
     Azcache,
-    /// AMD's KDS (`--cert-endpoint` base URL).
+    // AMD's KDS (`--cert-endpoint` base URL).
     Kds,
-    /// The security-context directory or the legacy `UVM_*` variables.
+    // The security-context directory or the legacy `UVM_*` variables.
     SecurityContext,
 }
 
