@@ -19,6 +19,7 @@ mod cli_azure;
 mod coco_real;
 mod deploy;
 mod dev_trust;
+mod docs;
 mod encfs_blob;
 mod encfs_deploy;
 mod encfs_luks2;
