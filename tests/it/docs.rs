@@ -135,6 +135,7 @@ const FOREIGN: &[(&str, &str)] = &[
     ("--path", "cargo install"),
     ("--locked", "cargo"),
     ("--all-targets", "cargo"),
+    ("--pbkdf", "cryptsetup"),
 ];
 
 /// Code blocks and prose of a markdown document: (is_code, line).
@@ -323,11 +324,16 @@ fn readme_dollar_lines_run_against_aasp_dev() {
     let lock =
         std::fs::File::create(std::env::temp_dir().join("aasp-readme-recipes.lock")).unwrap();
     lock.lock().unwrap();
+    // Another program may hold a port for a moment (this machine is shared): wait a while.
     for port in README_PORTS {
-        assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "port {port} on 127.0.0.1 is taken: README's recipes need it (stop what holds it)"
-        );
+        let since = Instant::now();
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "port {port} on 127.0.0.1 is taken: README's recipes need it (stop what holds it)"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     if Command::new("curl").arg("--version").output().is_err() {
         // CI is a clean Debian machine; the SKR recipe calls the REST API with curl.
