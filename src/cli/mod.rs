@@ -137,9 +137,8 @@ const GLOBAL: &str = "Global options";
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Attester (SNP report source)")]
 pub struct AttesterArgs {
-    /// Report source: `auto` tries /dev/sev-guest then /dev/sev (Azure Container Instances) and
-    /// never falls back to the simulator; `sev-guest` or `sev` names one device; `sim` is the
-    /// local simulator (development and tests).
+    /// Report source: `auto` (/dev/sev-guest, else /dev/sev; never the simulator), `sev-guest`,
+    /// `sev` (the legacy device of Azure Container Instances) or `sim` (the local simulator).
     #[arg(long, value_enum, env = env::AASP_ATTESTER, default_value_t = AttesterKind::Auto)]
     pub attester: AttesterKind,
     #[command(flatten)]
@@ -288,10 +287,8 @@ impl TlsArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Certificates and trust")]
 pub struct ChainArgs {
-    /// Certificate chain source: `auto` (SkrSideCarArgs' certcache if set, else the security
-    /// context if present, else THIM), `thim` (the Azure host), `azcache` (Azure's certificate
-    /// cache), `kds` (AMD's KDS), `security-context` (its directory or the legacy UVM_*
-    /// variables).
+    /// Certificate chain source: `auto` (SkrSideCarArgs' certcache, else the security context
+    /// if present, else THIM), `thim`, `azcache`, `kds` (AMD) or `security-context`.
     #[arg(long, value_enum, env = env::AASP_CERT_SOURCE, default_value_t = CertSourceKind::Auto)]
     pub cert_source: CertSourceKind,
     /// Endpoint of the chain source (THIM base URL, AzCache host, KDS base URL).

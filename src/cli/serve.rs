@@ -25,16 +25,15 @@ pub struct ServeArgs {
     /// every service.
     #[arg(long, env = env::AASP_LISTEN, value_delimiter = ',', default_value = "127.0.0.1:50000", help_heading = LISTENERS)]
     pub listen: Vec<Listen>,
-    /// Serve the SKR sidecar's REST API (/status, /attest/raw, /attest/combined, /attest/maa,
-    /// /key/release) on this address, e.g. 127.0.0.1:8080. Off by default.
+    /// Serve the SKR sidecar's REST API (/status, /attest/*, /key/release) on this address, e.g.
+    /// 127.0.0.1:8080. Off by default.
     #[arg(long, env = env::AASP_REST_LISTEN, value_name = "HOST:PORT", help_heading = LISTENERS)]
     pub rest_listen: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics at /metrics on this address, e.g. 127.0.0.1:9090. Off by default.
     #[arg(long, env = env::AASP_METRICS_LISTEN, value_name = "HOST:PORT", help_heading = LISTENERS)]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Serve the attestation-agent, keyprovider and getresource APIs over ttrpc, as Kata /
-    /// Confidential Containers guest components call their attestation agent, on this Unix
-    /// socket (unix:///path); repeatable. Off by default.
+    /// Serve the attestation-agent, keyprovider and getresource APIs over ttrpc (as Kata guest
+    /// components call their attestation agent) on this Unix socket; repeatable. Off by default.
     #[arg(long, env = env::AASP_TTRPC_LISTEN, value_delimiter = ',', value_name = "unix:///PATH", help_heading = LISTENERS)]
     pub ttrpc_listen: Vec<Listen>,
     /// Allow non-loopback TCP listeners (aasp hands out keys: keep it inside the pod).
@@ -68,9 +67,9 @@ pub struct BackendArgs {
     /// File holding a KMS access token (instead of managed or workload identity).
     #[arg(long, env = env::AASP_ACCESS_TOKEN_FILE, value_name = "FILE", help_heading = AZURE)]
     pub access_token_file: Option<PathBuf>,
-    /// Also send credentials to this Managed HSM / Key Vault host (`host`, `host:port` or
-    /// `*.suffix[:port]`; without a port only 443); repeatable. Allowed by default:
-    /// *.managedhsm.azure.net, *.vault.azure.net. Requests naming any other KMS are refused.
+    /// Also send credentials to this Managed HSM / Key Vault host (`host[:port]` or
+    /// `*.suffix[:port]`; no port: 443); repeatable. Always allowed: *.managedhsm.azure.net,
+    /// *.vault.azure.net; requests naming any other KMS are refused.
     #[arg(long, env = env::AASP_ALLOW_KMS_HOST, value_delimiter = ',', value_name = "PATTERN", help_heading = AZURE)]
     pub allow_kms_host: Vec<String>,
     /// Also attest with this MAA host (same patterns); repeatable. Allowed by default:
@@ -80,13 +79,11 @@ pub struct BackendArgs {
     /// Seconds released keys and MAA tokens stay cached; 0 turns caching off.
     #[arg(long, env = env::AASP_CACHE_TTL, default_value_t = 300, value_name = "SECS", help_heading = AZURE)]
     pub cache_ttl: u64,
-    /// Seconds between transfer-key rotations (the new key is generated in the background);
-    /// 0 keeps one key for the process lifetime.
+    /// Seconds between transfer-key rotations (made in the background); 0 keeps one key.
     #[arg(long, env = env::AASP_TRANSFER_KEY_ROTATION, default_value_t = 3600, value_name = "SECS", help_heading = AZURE)]
     pub transfer_key_rotation: u64,
-    /// Layer-key RSA decrypts that may run at once on threads of their own, so that they do not
-    /// hold up other calls; 0 runs each inside its call's connection (docs/performance.md)
-    /// [default: the number of CPUs].
+    /// Layer-key RSA decrypts that may run at once on threads of their own; 0 runs each in its
+    /// call's connection (docs/performance.md) [default: the number of CPUs].
     #[arg(long, env = env::AASP_DECRYPT_THREADS, value_name = "N", help_heading = KEYPROVIDER)]
     pub decrypt_threads: Option<usize>,
     #[command(flatten)]
