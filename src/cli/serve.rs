@@ -256,9 +256,8 @@ impl BackendArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Trustee KBS")]
 pub struct KbsArgs {
-    /// Trustee KBS base URL (https://kbs.example:8080). Without it: `[token_configs.kbs]` of
-    /// the init-data's aa.toml (attestation-agent --initdata-toml), then of --aa-config, then
-    /// AA_KBC_PARAMS, then `agent.aa_kbc_params=cc_kbc::<url>` on the kernel command line.
+    /// Trustee KBS base URL (https://kbs.example:8080). Without it: the init-data's aa.toml,
+    /// --aa-config, AA_KBC_PARAMS, then the kernel command line (docs/coco.md).
     #[arg(long, env = env::AASP_KBS_URL, value_name = "URL")]
     pub kbs_url: Option<String>,
     /// PEM file of the KBS certificate (or its CA): trusted for the KBS instead of the system
@@ -267,11 +266,10 @@ pub struct KbsArgs {
     pub kbs_cert: Option<PathBuf>,
     /// TEE key the KBS encrypts resources to: ECDH-ES+A256KW (P-256), ECDH-ES+A256KW-P521 or
     /// RSA-OAEP-256.
-    #[arg(long, env = env::AASP_KBS_KEY_ALGORITHM, default_value = "ECDH-ES+A256KW")]
+    #[arg(long, env = env::AASP_KBS_KEY_ALGORITHM, default_value = "ECDH-ES+A256KW", value_name = "ALG")]
     pub kbs_key_algorithm: crate::kbs::KeyAlgorithm,
-    /// Upstream attestation-agent config TOML; its `[token_configs.kbs]` (`url`, `cert`,
-    /// `tee_key_algorithm`) names the KBS when --kbs-url does not, and its
-    /// `[token_configs.coco_as]` (`url`) the attestation service of GetToken("coco_as").
+    /// Upstream attestation-agent config TOML: its `[token_configs.kbs]` names the KBS when
+    /// --kbs-url does not, its `[token_configs.coco_as]` the attestation service.
     #[arg(long, env = env::AASP_AA_CONFIG, value_name = "FILE")]
     pub aa_config: Option<PathBuf>,
     /// Largest KBS resource aasp reads, in bytes of the KBS's answer (the JWE, about 4/3 of the

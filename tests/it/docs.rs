@@ -494,3 +494,25 @@ fn serve_help_fits_two_screens() {
         assert!(help.contains(heading), "no {heading} heading:\n{help}");
     }
 }
+
+#[test]
+fn every_environment_variable_is_in_the_reference() {
+    // docs/reference.md's table names every variable some command's --help shows as `[env: …]`.
+    let reference = read(&root().join("docs/reference.md"));
+    let mut missing = BTreeSet::new();
+    let mut seen = 0;
+    for help in help_texts().values() {
+        for rest in help.split("[env: ").skip(1) {
+            let var = rest.split('=').next().unwrap_or_default();
+            seen += 1;
+            if !reference.contains(&format!("`{var}`")) {
+                missing.insert(var.to_owned());
+            }
+        }
+    }
+    assert!(seen > 30, "only {seen} [env: …] entries in --help");
+    assert!(
+        missing.is_empty(),
+        "variables missing from docs/reference.md's table: {missing:?}"
+    );
+}
