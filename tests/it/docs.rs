@@ -315,8 +315,8 @@ fn dollar_lines(readme: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// Ports README's recipes use: aasp dev's default gRPC port, the agent's and the SKR sidecar's.
-const README_PORTS: [u16; 3] = [50000, 50100, 8080];
+/// Ports README's recipes use: aasp dev's default gRPC port and the SKR sidecar's.
+const README_PORTS: [u16; 2] = [50000, 8080];
 
 #[test]
 fn readme_dollar_lines_run_against_aasp_dev() {
@@ -504,7 +504,7 @@ fn every_environment_variable_is_in_the_reference() {
     let mut seen = 0;
     for help in help_texts().values() {
         for rest in help.split("[env: ").skip(1) {
-            let var = rest.split('=').next().unwrap_or_default();
+            let var = rest.split(['=', ']']).next().unwrap_or_default();
             seen += 1;
             if !reference.contains(&format!("`{var}`")) {
                 missing.insert(var.to_owned());
