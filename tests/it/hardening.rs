@@ -182,7 +182,8 @@ fn files_written_under_umask_000_have_explicit_modes() {
     )];
     walk(&root, &mut entries);
     assert!(entries.len() > 10, "{entries:?}");
-    // Certificates, the demo public key, the client configuration and the annotation.
+    // Certificates, the demo public key, the client configuration and the annotations (wrapped,
+    // so public).
     let public = |p: &Path| {
         let name = p.file_name().unwrap().to_str().unwrap();
         [
@@ -191,6 +192,7 @@ fn files_written_under_umask_000_have_explicit_modes() {
             "demo-rsa.pem",
             "ocicrypt_keyprovider.conf",
             "layer.annotation",
+            "demo-secret.annotation",
         ]
         .contains(&name)
     };
