@@ -42,5 +42,6 @@ mod snp_sim;
 mod snp_sources;
 mod snp_vectors;
 mod snp_verify_rules;
+mod static_binary;
 mod ttrpc;
 mod untrusted_endpoints;
