@@ -202,7 +202,9 @@ static_build() {
     *-linux-gnu) ;;
     *) echo "buildall static: builds on a *-linux-gnu host only (this is $host)" >&2; exit 1 ;;
   esac
-  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  # getrandom finds the getrandom(2) wrapper with dlsym, which a static binary cannot do, and
+  # falls back to /dev/urandom, absent from a bare root: ask for the system call itself.
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
     cargo build --release --locked --features static-dns --target "$host" --bin aasp
   bin=target/$host/release/aasp
   if readelf -l "$bin" | grep -q 'program interpreter'; then

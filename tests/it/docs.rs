@@ -136,6 +136,7 @@ const FOREIGN: &[(&str, &str)] = &[
     ("--locked", "cargo"),
     ("--all-targets", "cargo"),
     ("--pbkdf", "cryptsetup"),
+    ("--cfg", "rustc"),
 ];
 
 /// Code blocks and prose of a markdown document: (is_code, line).

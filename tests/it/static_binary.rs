@@ -39,7 +39,10 @@ async fn call<Req: Message, Resp: Message + Default>(
         Vec::new(),
     );
     req.set_payload(request.encode_to_vec());
-    let reply = client.request(req).await.unwrap();
+    let reply = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{method}: {e:?}"));
     Resp::decode(reply.payload.as_slice()).unwrap()
 }
 
@@ -120,6 +123,8 @@ async fn alone_in_an_empty_root_it_serves_ttrpc_and_reaches_a_kbs_by_host_name()
                 "/etc/aa.toml",
             ])
             .env_clear()
+            // Only for finding chroot itself (in /usr/sbin): the root has no directories on it.
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("AASP_ATTESTER", "sim")
             .env("AASP_STATE_DIR", "/var/lib/aasp")
             .stdout(std::fs::File::create(&agent_log).unwrap())
