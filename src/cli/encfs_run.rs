@@ -103,16 +103,7 @@ pub fn prepare(args: &RunArgs) -> Result<Option<std::fs::File>, String> {
         let encoded = base64::engine::general_purpose::STANDARD.encode(info.to_string());
         std::env::set_var(env::AASP_SIDECAR_ARGS, encoded);
     }
-    args.log_file
-        .as_ref()
-        .map(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("LogFile {}: {e}", path.display()))
-        })
-        .transpose()
+    super::skr::open_log_file(args.log_file.as_deref())
 }
 
 /// The command line for a binary invoked as `encfs.sh`: `aasp encfs run` with its arguments.

@@ -68,16 +68,21 @@ pub fn prepare(args: &SkrArgs) -> Result<Option<std::fs::File>, String> {
         _ => std::env::remove_var(env::SKR_SIDECAR_ARGS),
     }
     filter_for(&args.log_level)?;
-    args.log_file
-        .as_ref()
-        .map(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("LogFile {}: {e}", path.display()))
-        })
-        .transpose()
+    open_log_file(args.log_file.as_deref())
+}
+
+/// The sidecars' `LogFile` (SKR and encfs take the same variable): appended to, created if absent.
+pub(crate) fn open_log_file(
+    path: Option<&std::path::Path>,
+) -> Result<Option<std::fs::File>, String> {
+    path.map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("LogFile {}: {e}", path.display()))
+    })
+    .transpose()
 }
 
 /// The command line for a binary invoked as `skr.sh` or `skr`: `aasp skr` with its arguments.
