@@ -2,26 +2,10 @@
 //! (kata `src/agent/src/main.rs`: `/usr/local/bin/attestation-agent --attestation_sock unix:///…
 //! -c CONFIG`, then it waits for the socket file): the socket appears and answers ttrpc.
 
-use aasp::proto::attestation_agent as aa;
-use prost::Message;
-use std::process::{Command, Stdio};
-use ttrpc::proto::RequestInit;
+use crate::common;
 
-async fn call<Req: Message, Resp: Message + Default>(
-    client: &ttrpc::r#async::Client,
-    method: &str,
-    request: &Req,
-) -> Resp {
-    let mut req = ttrpc::Request::init_request(
-        "attestation_agent.AttestationAgentService".into(),
-        method.into(),
-        30_000_000_000,
-        Vec::new(),
-    );
-    req.set_payload(request.encode_to_vec());
-    let reply = client.request(req).await.unwrap();
-    Resp::decode(reply.payload.as_slice()).unwrap()
-}
+use aasp::proto::attestation_agent as aa;
+use std::process::{Command, Stdio};
 
 /// Kills the agent when the test ends, however it ends.
 struct Agent(std::process::Child);
@@ -71,16 +55,25 @@ async fn started_as_kata_starts_the_attestation_agent() {
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
         .await
         .unwrap();
-    let tee: aa::GetTeeTypeResponse = call(&client, "GetTeeType", &aa::GetTeeTypeRequest {}).await;
-    assert_eq!(tee.tee, "snp");
-    let evidence: aa::GetEvidenceResponse = call(
+    let tee: aa::GetTeeTypeResponse = common::ttrpc_call(
         &client,
+        common::AA_SERVICE,
+        "GetTeeType",
+        &aa::GetTeeTypeRequest {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(tee.tee, "snp");
+    let evidence: aa::GetEvidenceResponse = common::ttrpc_call(
+        &client,
+        common::AA_SERVICE,
         "GetEvidence",
         &aa::GetEvidenceRequest {
             runtime_data: b"kata".to_vec(),
         },
     )
-    .await;
+    .await
+    .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&evidence.evidence).unwrap();
     assert_eq!(doc["attestation_report"]["report_data"][0], b'k');
 }

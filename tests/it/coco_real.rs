@@ -18,12 +18,10 @@ use aasp::kbs::{KeyAlgorithm, TeeKeyPair};
 use aasp::proto::attestation_agent as aa;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use prost::Message;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use ttrpc::proto::RequestInit;
 
 const SECRET: &[u8] = b"released only to an attested guest";
 const RESOURCE: &str = "default/key/coco-real";
@@ -134,29 +132,10 @@ async fn get_token_kbs_attests_afresh_on_every_call() {
     assert_eq!((status, plain.as_deref()), (200, Some(SECRET)));
 }
 
-/// One ttrpc call to the agent's socket.
-async fn call<Req: Message, Resp: Message + Default>(
-    client: &ttrpc::r#async::Client,
-    method: &str,
-    request: &Req,
-) -> Result<Resp, ttrpc::Status> {
-    let mut req = ttrpc::Request::init_request(
-        "attestation_agent.AttestationAgentService".into(),
-        method.into(),
-        60_000_000_000,
-        Vec::new(),
-    );
-    req.set_payload(request.encode_to_vec());
-    match client.request(req).await {
-        Ok(reply) => Ok(Resp::decode(reply.payload.as_slice()).unwrap()),
-        Err(ttrpc::Error::RpcStatus(status)) => Err(status),
-        Err(other) => panic!("{method}: transport error {other:?}"),
-    }
-}
-
 async fn get_token(client: &ttrpc::r#async::Client, kind: &str) -> Result<Vec<u8>, ttrpc::Status> {
-    let reply: aa::GetTokenResponse = call(
+    let reply: aa::GetTokenResponse = common::ttrpc_call(
         client,
+        common::AA_SERVICE,
         "GetToken",
         &aa::GetTokenRequest {
             token_type: kind.into(),
@@ -439,9 +418,14 @@ async fn host_chosen_http_kbs_is_refused_unless_allowed() {
     let (_agent, client) = peers
         .agent(&[], &[params[0], ("AASP_ALLOW_INSECURE_KBS", "1")])
         .await;
-    let tee: aa::GetTeeTypeResponse = call(&client, "GetTeeType", &aa::GetTeeTypeRequest {})
-        .await
-        .unwrap();
+    let tee: aa::GetTeeTypeResponse = common::ttrpc_call(
+        &client,
+        common::AA_SERVICE,
+        "GetTeeType",
+        &aa::GetTeeTypeRequest {},
+    )
+    .await
+    .unwrap();
     assert_eq!(tee.tee, "snp");
     // No [token_configs.coco_as] anywhere: FAILED_PRECONDITION, naming where to configure it.
     let status = get_token(&client, "coco_as").await.unwrap_err();

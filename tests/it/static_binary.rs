@@ -7,12 +7,12 @@
 //! builds the binary and runs this test; the regular suite skips it (the release build with
 //! static glibc does not fit the suite's time budget).
 
+use crate::common;
+
 use aasp::proto::attestation_agent as aa;
-use prost::Message;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use ttrpc::proto::RequestInit;
 
 /// The name the guest knows the KBS by; resolvable only through the root's /etc/hosts.
 const KBS_HOST: &str = "kbs.aasp-static.test";
@@ -25,25 +25,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn call<Req: Message, Resp: Message + Default>(
-    client: &ttrpc::r#async::Client,
-    method: &str,
-    request: &Req,
-) -> Resp {
-    let mut req = ttrpc::Request::init_request(
-        "attestation_agent.AttestationAgentService".into(),
-        method.into(),
-        60_000_000_000,
-        Vec::new(),
-    );
-    req.set_payload(request.encode_to_vec());
-    let reply = client
-        .request(req)
-        .await
-        .unwrap_or_else(|e| panic!("{method}: {e:?}"));
-    Resp::decode(reply.payload.as_slice()).unwrap()
 }
 
 /// Waits until `log` holds a line starting with `prefix` and returns the rest of that line.
@@ -145,18 +126,27 @@ async fn alone_in_an_empty_root_it_serves_ttrpc_and_reaches_a_kbs_by_host_name()
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
         .await
         .unwrap();
-    let tee: aa::GetTeeTypeResponse = call(&client, "GetTeeType", &aa::GetTeeTypeRequest {}).await;
+    let tee: aa::GetTeeTypeResponse = common::ttrpc_call(
+        &client,
+        common::AA_SERVICE,
+        "GetTeeType",
+        &aa::GetTeeTypeRequest {},
+    )
+    .await
+    .unwrap();
     assert_eq!(tee.tee, "snp");
 
     // GetToken("kbs") is a full RCAR handshake with the KBS named by host name.
-    let token: aa::GetTokenResponse = call(
+    let token: aa::GetTokenResponse = common::ttrpc_call(
         &client,
+        common::AA_SERVICE,
         "GetToken",
         &aa::GetTokenRequest {
             token_type: "kbs".into(),
         },
     )
-    .await;
+    .await
+    .unwrap();
     let reply: serde_json::Value = serde_json::from_slice(&token.token).unwrap();
     let jwt = reply["token"].as_str().unwrap();
     assert_eq!(jwt.split('.').count(), 3, "not a JWT: {jwt}");

@@ -11,29 +11,11 @@ use aasp::proto::keyprovider as kp;
 use aasp::service::ttrpc::TtrpcBound;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use prost::Message;
 use serde_json::{json, Value};
 use ttrpc::proto::RequestInit;
 
-const AA: &str = "attestation_agent.AttestationAgentService";
+const AA: &str = common::AA_SERVICE;
 const KP: &str = "keyprovider.KeyProviderService";
-
-/// One unary call: the stub a generated client would be.
-async fn call<Req: Message, Resp: Message + Default>(
-    client: &ttrpc::r#async::Client,
-    service: &str,
-    method: &str,
-    request: &Req,
-) -> Result<Resp, ttrpc::Status> {
-    let mut req =
-        ttrpc::Request::init_request(service.into(), method.into(), 30_000_000_000, Vec::new());
-    req.set_payload(request.encode_to_vec());
-    match client.request(req).await {
-        Ok(reply) => Ok(Resp::decode(reply.payload.as_slice()).unwrap()),
-        Err(ttrpc::Error::RpcStatus(status)) => Err(status),
-        Err(other) => panic!("{service}/{method}: transport error {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
@@ -53,7 +35,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
 
     // GetEvidence: upstream SNP evidence, report_data = the runtime data zero-padded.
     let nonce = b"ttrpc nonce".to_vec();
-    let evidence: aa::GetEvidenceResponse = call(
+    let evidence: aa::GetEvidenceResponse = common::ttrpc_call(
         &client,
         AA,
         "GetEvidence",
@@ -71,7 +53,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     assert_eq!(report_data, padded);
     assert_eq!(doc["cert_chain"].as_array().unwrap().len(), 3);
     // The same handlers, the same error map.
-    let status = call::<_, aa::GetEvidenceResponse>(
+    let status = common::ttrpc_call::<_, aa::GetEvidenceResponse>(
         &client,
         AA,
         "GetEvidence",
@@ -83,7 +65,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     .unwrap_err();
     assert_eq!(status.code(), ttrpc::Code::INVALID_ARGUMENT, "{status:?}");
 
-    let extra: aa::GetEvidenceResponse = call(
+    let extra: aa::GetEvidenceResponse = common::ttrpc_call(
         &client,
         AA,
         "GetAdditionalEvidence",
@@ -95,7 +77,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     .unwrap();
     assert!(extra.evidence.is_empty());
 
-    let token: aa::GetTokenResponse = call(
+    let token: aa::GetTokenResponse = common::ttrpc_call(
         &client,
         AA,
         "GetToken",
@@ -109,7 +91,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
         String::from_utf8(token.token).unwrap().split('.').count(),
         3
     );
-    let status = call::<_, aa::GetTokenResponse>(
+    let status = common::ttrpc_call::<_, aa::GetTokenResponse>(
         &client,
         AA,
         "GetToken",
@@ -122,7 +104,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     assert_eq!(status.code(), ttrpc::Code::INVALID_ARGUMENT, "{status:?}");
 
     // CDH's PullImage event, as confidential-data-hub sends it.
-    let extend: aa::ExtendRuntimeMeasurementResponse = call(
+    let extend: aa::ExtendRuntimeMeasurementResponse = common::ttrpc_call(
         &client,
         AA,
         "ExtendRuntimeMeasurement",
@@ -140,11 +122,12 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
         aa::RuntimeMeasurementResult::NotSupported as i32
     );
 
-    let tee: aa::GetTeeTypeResponse = call(&client, AA, "GetTeeType", &aa::GetTeeTypeRequest {})
-        .await
-        .unwrap();
+    let tee: aa::GetTeeTypeResponse =
+        common::ttrpc_call(&client, AA, "GetTeeType", &aa::GetTeeTypeRequest {})
+            .await
+            .unwrap();
     assert_eq!(tee.tee, "snp");
-    let tees: aa::GetAdditionalTeesResponse = call(
+    let tees: aa::GetAdditionalTeesResponse = common::ttrpc_call(
         &client,
         AA,
         "GetAdditionalTees",
@@ -161,7 +144,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
         .host_data;
     let mut digest = host_data.to_vec();
     digest.resize(48, 0x33);
-    let _: aa::BindInitDataResponse = call(
+    let _: aa::BindInitDataResponse = common::ttrpc_call(
         &client,
         AA,
         "BindInitData",
@@ -169,7 +152,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     )
     .await
     .unwrap();
-    let status = call::<_, aa::BindInitDataResponse>(
+    let status = common::ttrpc_call::<_, aa::BindInitDataResponse>(
         &client,
         AA,
         "BindInitData",
@@ -190,7 +173,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
             "optsdata": String::from_utf8_lossy(layer_key),
         },
     });
-    let wrapped: kp::KeyProviderKeyWrapProtocolOutput = call(
+    let wrapped: kp::KeyProviderKeyWrapProtocolOutput = common::ttrpc_call(
         &client,
         KP,
         "WrapKey",
@@ -209,7 +192,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
             "annotation": wrapped["keywrapresults"]["annotation"],
         },
     });
-    let unwrapped: kp::KeyProviderKeyWrapProtocolOutput = call(
+    let unwrapped: kp::KeyProviderKeyWrapProtocolOutput = common::ttrpc_call(
         &client,
         KP,
         "UnWrapKey",
@@ -226,7 +209,7 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     assert_eq!(optsdata, layer_key);
 
     // The old Kata AA's GetResource over ttrpc: a secure key release of the demo oct key.
-    let resource: aasp::proto::getresource::GetResourceResponse = call(
+    let resource: aasp::proto::getresource::GetResourceResponse = common::ttrpc_call(
         &client,
         "getresource.GetResourceService",
         "GetResource",
@@ -246,10 +229,14 @@ async fn every_attestation_agent_rpc_and_unwrap_over_ttrpc() {
     assert_eq!(jwk["kty"], "oct");
 
     // A method nobody serves, and a payload that is no message.
-    let status =
-        call::<_, aa::GetTeeTypeResponse>(&client, AA, "Explode", &aa::GetTeeTypeRequest {})
-            .await
-            .unwrap_err();
+    let status = common::ttrpc_call::<_, aa::GetTeeTypeResponse>(
+        &client,
+        AA,
+        "Explode",
+        &aa::GetTeeTypeRequest {},
+    )
+    .await
+    .unwrap_err();
     assert_ne!(status.code(), ttrpc::Code::OK);
     let mut garbage = ttrpc::Request::init_request(AA.into(), "GetToken".into(), 0, Vec::new());
     garbage.set_payload(vec![0xff; 7]);

@@ -82,6 +82,28 @@ pub async fn serve(router: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
+/// The attestation agent's ttrpc service, as guest-components names it.
+pub const AA_SERVICE: &str = "attestation_agent.AttestationAgentService";
+
+/// One unary ttrpc call, as a generated client stub makes it (prost messages over the raw
+/// payload): the reply, or the status the server answered. A transport failure fails the test.
+pub async fn ttrpc_call<Req: prost::Message, Resp: prost::Message + Default>(
+    client: &ttrpc::r#async::Client,
+    service: &str,
+    method: &str,
+    request: &Req,
+) -> Result<Resp, ttrpc::Status> {
+    use ttrpc::proto::RequestInit;
+    let mut req =
+        ttrpc::Request::init_request(service.into(), method.into(), 60_000_000_000, Vec::new());
+    req.set_payload(request.encode_to_vec());
+    match client.request(req).await {
+        Ok(reply) => Ok(Resp::decode(reply.payload.as_slice()).unwrap()),
+        Err(ttrpc::Error::RpcStatus(status)) => Err(status),
+        Err(other) => panic!("{service}/{method}: transport error {other:?}"),
+    }
+}
+
 /// The `aasp dev` stack (emulator, simulator, demo keys, gRPC server) in this process on
 /// ephemeral loopback ports; its state directory lives as long as it does.
 pub struct Dev {
