@@ -402,7 +402,8 @@ pub fn redact_query(url: &reqwest::Url) -> String {
     url.to_string()
 }
 
-fn transport_reason(e: &reqwest::Error) -> String {
+/// A transport error with its chain of causes (reqwest's own text is only the outermost).
+pub fn transport_reason(e: &reqwest::Error) -> String {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -639,7 +640,9 @@ pub async fn read_body(
     if announced.is_some_and(|n| n > limit.bytes as u64) {
         return Err(too_large(announced));
     }
-    let mut body = zeroize::Zeroizing::new(Vec::new());
+    // Sized once when the length is announced (and within the limit): no regrowth, no copies.
+    let announced_len = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(announced_len));
     loop {
         let chunk = response.chunk().await.map_err(|e| BodyError::Transport {
             url: url.clone(),

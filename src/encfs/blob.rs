@@ -322,16 +322,29 @@ impl BlobClient {
                         .header("x-ms-range", &range)
                 })
                 .await?;
-            match read_exact(response, len).await {
-                Ok(body) => return Ok(body),
+            // Bounded by the length asked for: a longer body is refused as soon as it shows.
+            let limit = crate::http::BodyLimit::new("blob range", len);
+            match crate::http::read_body(response, limit).await {
+                // Ciphertext: nothing to zeroize, so the buffer is taken out as is.
+                Ok(mut body) if body.len() == len => return Ok(std::mem::take(&mut *body)),
+                Ok(body) => {
+                    return Err(
+                        self.bad("GET", &format!("expected {len} bytes, got {}", body.len()))
+                    )
+                }
                 // A body cut short by the network is transient; a wrong length is not.
-                Err(BodyError::Transport(reason))
+                Err(crate::http::BodyError::Transport { reason, .. })
                     if started.elapsed() + self.backoff.first < self.deadline =>
                 {
                     tracing::debug!(url = %self.url.shown(), %reason, "blob read cut short, retrying");
                     tokio::time::sleep(self.backoff.first).await;
                 }
-                Err(e) => return Err(self.bad("GET", &e.to_string())),
+                Err(crate::http::BodyError::Transport { reason, .. }) => {
+                    return Err(self.bad("GET", &format!("the body was cut short: {reason}")))
+                }
+                Err(crate::http::BodyError::TooLarge { .. }) => {
+                    return Err(self.bad("GET", &format!("more than the {len} bytes asked for")))
+                }
             }
         }
     }
@@ -430,7 +443,7 @@ impl BlobClient {
                 let response = request
                     .send()
                     .await
-                    .map_err(|e| Attempt::Retry(transport_reason(&e)))?;
+                    .map_err(|e| Attempt::Retry(crate::http::transport_reason(&e)))?;
                 Ok::<_, Attempt>(response)
             };
             let outcome = match tokio::time::timeout(left, attempt).await {
@@ -493,50 +506,6 @@ impl BlobClient {
 
 enum Attempt {
     Retry(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("the body was cut short: {0}")]
-    Transport(String),
-    #[error("expected {expected} bytes, got {got}")]
-    Length { expected: usize, got: usize },
-}
-
-/// Reads a body of exactly `len` bytes; a longer one is refused as soon as it shows.
-async fn read_exact(mut response: reqwest::Response, len: usize) -> Result<Vec<u8>, BodyError> {
-    let mut body = Vec::with_capacity(len);
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| BodyError::Transport(transport_reason(&e)))?
-    {
-        if body.len() + chunk.len() > len {
-            return Err(BodyError::Length {
-                expected: len,
-                got: body.len() + chunk.len(),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    if body.len() != len {
-        return Err(BodyError::Length {
-            expected: len,
-            got: body.len(),
-        });
-    }
-    Ok(body)
-}
-
-fn transport_reason(e: &reqwest::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
-    reason
 }
 
 /// A number in [0, 1) so that many clients do not retry in step.
@@ -619,6 +588,78 @@ mod tests {
         assert!(err.contains("only over https"), "{err}");
         // Anonymous and SAS URLs go anywhere, http included.
         assert!(client("http://evil.example/c/b?sig=x", Credential::Anonymous).is_ok());
+    }
+
+    /// Answers every request with `response` (raw HTTP), then closes; counts the requests.
+    async fn raw_server(
+        response: &'static [u8],
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let _ = socket.write_all(response).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn reads_return_exactly_the_range_asked_for_or_fail() {
+        let read = |response: &'static [u8]| async move {
+            let (addr, seen) = raw_server(response).await;
+            let client = BlobClient::new(
+                reqwest::Client::new(),
+                BlobUrl::parse(&format!("http://{addr}/c/b")).unwrap(),
+                Credential::Anonymous,
+                &StorageHosts::default(),
+                Duration::from_millis(600),
+            )
+            .unwrap()
+            .with_backoff(Backoff {
+                first: Duration::from_millis(50),
+                max: Duration::from_millis(100),
+            });
+            let result = client.read(0, 8).await.map_err(|e| e.to_string());
+            (result, seen.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let (body, _) =
+            read(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 8\r\n\r\n12345678").await;
+        assert_eq!(body.unwrap(), b"12345678");
+        let (err, requests) =
+            read(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 7\r\n\r\n1234567").await;
+        assert!(err.unwrap_err().contains("expected 8 bytes, got 7"));
+        assert_eq!(requests, 1, "a wrong length is not retried");
+        let (err, _) =
+            read(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 9\r\n\r\n123456789").await;
+        assert!(err.unwrap_err().contains("more than the 8 bytes asked for"));
+        let (err, _) = read(
+            b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n\r\n\
+              10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(err.unwrap_err().contains("more than the 8 bytes asked for"));
+        // Cut short by the connection: retried until the deadline, then reported.
+        let (err, requests) =
+            read(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 8\r\n\r\n1234").await;
+        let err = err.unwrap_err();
+        assert!(err.contains("the body was cut short"), "{err}");
+        assert!(requests > 1, "retried: {requests} requests");
     }
 
     #[test]
