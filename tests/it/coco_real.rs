@@ -436,3 +436,75 @@ async fn host_chosen_http_kbs_is_refused_unless_allowed() {
     );
     assert!(status.message.contains("coco_as"), "{status:?}");
 }
+
+/// `tee_keypair` is a PEM that upstream's `TeeKeyPair::from_pem` (`kbs_protocol/src/keypair.rs`)
+/// reads with either crypto backend CDH may be built with: RSA as PKCS#1 first (the RustCrypto
+/// backend's `from_pkcs1_pem` takes nothing else, `deps/crypto/src/rust/rsa.rs`), else EC as
+/// PKCS#8 whose algorithm names the curve (OpenSSL's `curve_name()` in
+/// `deps/crypto/src/native/ec.rs`, the `p256`/`p521` crates' parameter check in
+/// `deps/crypto/src/rust/ec.rs`), with the scalar at the curve's full width and, when present,
+/// the matching public point.
+#[test]
+fn tee_keypair_pem_is_what_upstreams_from_pem_reads() {
+    use der::Decode;
+    const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    for (algorithm, curve, width) in [
+        (KeyAlgorithm::EcdhEsA256KwP256, "1.2.840.10045.3.1.7", 32),
+        (KeyAlgorithm::EcdhEsA256KwP521, "1.3.132.0.35", 66),
+    ] {
+        let key = TeeKeyPair::generate(algorithm).unwrap();
+        let pem = key.private_pem().unwrap();
+        let (label, der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+        assert_eq!(label, "PRIVATE KEY", "{algorithm:?}: PKCS#8");
+        let info = pkcs8::PrivateKeyInfo::from_der(&der).unwrap();
+        assert_eq!(info.algorithm.oid.to_string(), EC_PUBLIC_KEY);
+        assert_eq!(
+            info.algorithm.parameters_oid().unwrap().to_string(),
+            curve,
+            "{algorithm:?}: a named curve"
+        );
+        let ec = sec1::EcPrivateKey::from_der(info.private_key).unwrap();
+        assert_eq!(ec.private_key.len(), width, "{algorithm:?}");
+        let Ok(Value::Object(jwk)) = serde_json::to_value(key.public()) else {
+            panic!("{algorithm:?}: the public key is no JWK object");
+        };
+        let coordinate = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+        if let Some(point) = ec.public_key {
+            let expected = [vec![4], coordinate("x"), coordinate("y")].concat();
+            assert_eq!(
+                point,
+                expected.as_slice(),
+                "{algorithm:?}: its own public point"
+            );
+        }
+    }
+    let key = TeeKeyPair::generate(KeyAlgorithm::RsaOaep256).unwrap();
+    let pem = key.private_pem().unwrap();
+    let (label, der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+    assert_eq!(label, "RSA PRIVATE KEY", "RSA: PKCS#1");
+    let rsa = pkcs1::RsaPrivateKey::from_der(&der).unwrap();
+    assert_eq!(rsa.modulus.as_bytes().len(), 256, "RSA-2048");
+}
+
+/// CDH connects to the agent once, at its first KBS request, and never reconnects
+/// (`kbs_protocol/src/token_provider/aa/mod.rs`, `confidential-data-hub/kms/src/plugins/kbs/
+/// cc_kbc.rs`): its next GetToken may come after any pause, on the same connection. The pause
+/// here outlasts the agent's 10 s deadline for a request's bytes, the one clock a connection has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cdh_connection_idle_past_the_request_deadline_keeps_working() {
+    let peers = peers(|_| {}).await;
+    let config = peers.dir.path().join("aa.toml");
+    std::fs::write(&config, kbs_section(&peers, "")).unwrap();
+    let (_agent, client) = peers.agent(&["-c", config.to_str().unwrap()], &[]).await;
+    let attestations = || peers.emulator.kbs.attestations.load(Ordering::SeqCst);
+
+    let before = attestations();
+    let first = get_token(&client, "kbs").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let second = get_token(&client, "kbs").await.unwrap();
+    assert_eq!(attestations(), before + 2);
+    for reply in [first, second] {
+        let (status, plain) = read_with_token(&peers.http, &peers.emulator.url, &reply).await;
+        assert_eq!((status, plain.as_deref()), (200, Some(SECRET)));
+    }
+}
