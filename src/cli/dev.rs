@@ -177,7 +177,7 @@ pub async fn start_with(
     seed_kbs_resource(&emulator)?;
 
     let keys_dir = state_dir.join("keys");
-    let key_store = state_dir.join("emulator").join("demo-keys.json");
+    let key_store = demo_key_store(state_dir);
     import_demo_keys(
         &emulator,
         &hex::encode(sim.host_data()),
@@ -249,6 +249,10 @@ impl Drop for DemoKeys {
         self.rsa_pkcs8.zeroize();
         self.oct.zeroize();
     }
+}
+
+fn demo_key_store(state_dir: &Path) -> PathBuf {
+    state_dir.join("emulator").join("demo-keys.json")
 }
 
 /// Loads the demo keys from `store`, or makes and stores new ones.
@@ -370,6 +374,10 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
         decrypt_threads: args.decrypt_threads,
     };
     let mut stack = start_with(&args.listen, args.emulator_listen, &state_dir, &options).await?;
+    let exe = running_binary();
+    // Stored by start_with: a plain read now.
+    let (_, oct) = demo_keys(&demo_key_store(&state_dir))?;
+    let encfs = super::dev_encfs::seed(&stack, oct, &exe).await;
     // The guide lists the gRPC listeners only: the metrics listener joins the same server below.
     let grpc_listeners = stack.server.listeners.clone();
     if let Some(addr) = args.metrics_listen {
@@ -390,7 +398,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
         &stack.backend,
         std::slice::from_ref(&ttrpc),
     )?;
-    print_guide(&stack, &grpc_listeners, &ttrpc);
+    print_guide(&stack, &grpc_listeners, &ttrpc, &exe, &encfs);
     serve::wait_for_signal().await;
     say!("stopping");
     stack.server.shutdown(Duration::from_secs(5)).await;
@@ -398,11 +406,20 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_guide(stack: &DevStack, grpc_listeners: &[Listen], ttrpc: &Listen) {
-    // The binary that is running, so the lines work after `cargo run` without aasp on PATH.
-    let exe = std::env::current_exe()
+/// The binary that is running, so the printed lines work after `cargo run` without aasp on PATH.
+fn running_binary() -> String {
+    std::env::current_exe()
         .map(|p| shell_word(&p.display().to_string()))
-        .unwrap_or_else(|_| "aasp".into());
+        .unwrap_or_else(|_| "aasp".into())
+}
+
+fn print_guide(
+    stack: &DevStack,
+    grpc_listeners: &[Listen],
+    ttrpc: &Listen,
+    exe: &str,
+    encfs: &Result<super::dev_encfs::EncfsDemo, String>,
+) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let grpc = grpc_listeners
@@ -483,7 +500,23 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen], ttrpc: &Listen) {
         "  $ examples/python/setup.sh target/pyvenv target/pystubs && target/pyvenv/bin/python examples/python/aasp_client.py --target {grpc} --keys-dir {keys_dir} --stubs target/pystubs"
     );
     say!("The SKR sidecar's drop-in against this emulator (docs/skr.md; it runs until stopped, so no `$`):");
-    say!("    {}", skr_command(&exe, stack));
+    say!("    {}", skr_command(exe, stack));
+    match encfs {
+        Ok(demo) => {
+            say!(
+                "The encfs sidecar's drop-in mounts the encrypted demo image {} (key {DEMO_OCT_KEY}; docs/encfs.md) at {} (it needs root and runs until stopped, so no `$`):",
+                demo.url,
+                demo.mount_point.display()
+            );
+            say!("    {}", demo.command);
+            say!(
+                "  then read {}/{} from another terminal; SIGTERM or Ctrl-C unmounts it.",
+                demo.mount_point.display(),
+                super::dev_encfs::DEMO_ENCFS_FILE
+            );
+        }
+        Err(e) => say!("(no encrypted demo filesystem: {e})"),
+    }
     say!(
         "Demo keys, the emulator's port and its CA persist in {}: annotations wrapped now still unwrap after a restart.",
         stack.state_dir.display()
@@ -496,16 +529,38 @@ fn print_guide(stack: &DevStack, grpc_listeners: &[Listen], ttrpc: &Listen) {
 /// HSM, trusted through its dev CA.
 fn skr_command(exe: &str, stack: &DevStack) -> String {
     use base64::Engine;
-    let certcache = serde_json::json!({ "certcache": {
+    let certcache = serde_json::json!({ "certcache": certcache(stack) });
+    let mut vars = vec![(
+        crate::env::SKR_SIDECAR_ARGS,
+        base64::engine::general_purpose::STANDARD.encode(certcache.to_string()),
+    )];
+    vars.extend(sidecar_env(stack));
+    vars.push(("Port", "8080".to_owned()));
+    command_line(&vars, &format!("{exe} skr"))
+}
+
+/// `NAME=value … command`, each value one shell word.
+pub(super) fn command_line(vars: &[(&str, String)], command: &str) -> String {
+    let mut line: Vec<String> = vars
+        .iter()
+        .map(|(name, value)| format!("{name}={}", shell_word(value)))
+        .collect();
+    line.push(command.to_owned());
+    line.join(" ")
+}
+
+/// The sidecars' `certcache`: the emulator's THIM.
+pub(super) fn certcache(stack: &DevStack) -> serde_json::Value {
+    serde_json::json!({
         "endpoint_type": "LocalTHIM",
         "endpoint": format!("{}/metadata/THIM/amd/certification", stack.emulator.url),
-    }});
+    })
+}
+
+/// The `AASP_*` settings a sidecar (`aasp skr`, `aasp encfs run`) needs for this stack.
+pub(super) fn sidecar_env(stack: &DevStack) -> Vec<(&'static str, String)> {
     let host = stack.emulator.host();
-    let vars = [
-        (
-            crate::env::SKR_SIDECAR_ARGS,
-            base64::engine::general_purpose::STANDARD.encode(certcache.to_string()),
-        ),
+    vec![
         (crate::env::AASP_ATTESTER, "sim".to_owned()),
         (
             crate::env::AASP_STATE_DIR,
@@ -519,18 +574,11 @@ fn skr_command(exe: &str, stack: &DevStack) -> String {
         ),
         (crate::env::AASP_ALLOW_MAA_HOST, host.clone()),
         (crate::env::AASP_ALLOW_KMS_HOST, host),
-        ("Port", "8080".to_owned()),
-    ];
-    let mut line: Vec<String> = vars
-        .iter()
-        .map(|(name, value)| format!("{name}={}", shell_word(value)))
-        .collect();
-    line.push(format!("{exe} skr"));
-    line.join(" ")
+    ]
 }
 
 /// `word` as one shell word: as is when it holds nothing a shell would read, else single-quoted.
-fn shell_word(word: &str) -> String {
+pub(super) fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .chars()

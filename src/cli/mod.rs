@@ -30,6 +30,7 @@ mod azure;
 mod call;
 mod config;
 pub mod dev;
+pub mod dev_encfs;
 pub mod encfs;
 mod encfs_run;
 mod kbs;

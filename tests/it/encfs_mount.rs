@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -264,7 +264,7 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 }
 
 /// Mounts (and loop devices) that mention `dir`.
-fn left_behind(dir: &Path) -> Vec<String> {
+pub(crate) fn left_behind(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
     let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()

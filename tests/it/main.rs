@@ -22,6 +22,7 @@ mod dev_trust;
 mod docs;
 mod encfs_blob;
 mod encfs_deploy;
+mod encfs_dev;
 mod encfs_luks2;
 mod encfs_mount;
 mod first_hour;
