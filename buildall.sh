@@ -193,9 +193,9 @@ bench_dev_stack() {
 
 # A statically linked binary for Kata guest images: glibc linked in (+crt-static on the gnu target;
 # the musl standard library cannot be installed here) and name resolution that needs no NSS
-# module (feature static-dns). --target keeps the flag off build scripts and proc macros, which
-# cannot be static. The chroot test needs this release build, too slow for `test`'s budget, so
-# it runs here.
+# module whatever the glibc (feature static-dns). --target keeps the flag off build scripts and
+# proc macros, which cannot be static. The chroot test needs this release build, too slow for
+# `test`'s budget, so it runs here.
 static_build() {
   need_rust
   local host bin
