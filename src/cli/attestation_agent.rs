@@ -187,10 +187,10 @@ pub async fn run(mut args: AgentArgs) -> Result<ExitCode, String> {
     }
     let mut running: Running = serve::start(Arc::clone(&backend), &args.listen).await?;
     for l in &running.listeners {
-        say!("aasp serving gRPC on {l}");
+        announce!("aasp serving gRPC on {l}");
     }
     serve::serve_ttrpc(&mut running, &backend, &[Listen::Unix(path)])?;
-    say!(
+    announce!(
         "attestation-agent (aasp): attester {}; certificate chain: {}",
         backend.provisioner.attester().name(),
         backend.provisioner.chains().describe()

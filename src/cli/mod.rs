@@ -9,6 +9,21 @@ macro_rules! say {
     }};
 }
 
+/// A server's start-up line (where it listens, which attester and chain it uses): plain text on
+/// standard output, which people and scripts read; with `--log-format json`, a log record like
+/// every other line, so that a container's log stays one JSON object per line (`kubectl logs`
+/// merges stdout and stderr, and collectors parse each line). Shown at any log level, as the
+/// text line is.
+macro_rules! announce {
+    ($($arg:tt)*) => {{
+        if $crate::cli::json_logs() {
+            tracing::info!(target: $crate::cli::STARTUP_TARGET, $($arg)*);
+        } else {
+            say!($($arg)*);
+        }
+    }};
+}
+
 /// `println!` for one-shot commands, as an expression of type `Result<(), String>`: a reader
 /// that went away (`aasp … | head`) ends nothing worth reporting, as with any command-line
 /// tool, so a broken pipe is `Ok`; any other failure to write (a full disk) is the error.
@@ -443,10 +458,26 @@ pub fn read_input(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The tracing target of `announce!`'s records.
+pub(crate) const STARTUP_TARGET: &str = "aasp::startup";
+
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process logs JSON (`--log-format json`), set once by `init_logging`.
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn init_logging(format: LogFormat, file: Option<std::fs::File>) {
+    use tracing_subscriber::filter::{FilterExt as _, Targets};
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        // Start-up lines pass at any level, as their text form on stdout does.
+        .or(Targets::new().with_target(STARTUP_TARGET, tracing::Level::INFO));
     // Colour only for a person at a terminal: never in a log file, a pipe or a container log,
     // and never when NO_COLOR is set to anything but "" (no-color.org).
     let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()) && {
@@ -456,13 +487,16 @@ fn init_logging(format: LogFormat, file: Option<std::fs::File>) {
         Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
         None => BoxMakeWriter::new(std::io::stderr),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer.with_filter(filter)).init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            registry.with(layer.json().with_filter(filter)).init();
+        }
     }
 }
 

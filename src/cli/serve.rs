@@ -521,7 +521,7 @@ pub fn serve_ttrpc(
         };
         let bound = crate::service::ttrpc::TtrpcBound::bind(path)
             .map_err(|e| format!("cannot listen on {l}: {e}"))?;
-        say!("aasp serving ttrpc on {l}");
+        announce!("aasp serving ttrpc on {l}");
         running.add_ttrpc(bound, Arc::clone(backend));
     }
     Ok(())
@@ -553,11 +553,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let backend = args.backend.build()?;
     let mut running = start(Arc::clone(&backend), &args.listen).await?;
     for l in &running.listeners {
-        say!("aasp serving gRPC on {l}");
+        announce!("aasp serving gRPC on {l}");
     }
     for l in &rest {
         let bound = Bound::bind(l).await.map_err(|e| listen_error(l, &e))?;
-        say!("aasp serving the SKR REST API on http://{}", bound.local());
+        announce!("aasp serving the SKR REST API on http://{}", bound.local());
         running.add_with(
             bound,
             crate::service::rest::router(Arc::clone(&backend)),
@@ -567,10 +567,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     serve_ttrpc(&mut running, &backend, &args.ttrpc_listen)?;
     for l in &metrics {
         let bound = Bound::bind(l).await.map_err(|e| listen_error(l, &e))?;
-        say!("aasp serving metrics on http://{}/metrics", bound.local());
+        announce!("aasp serving metrics on http://{}/metrics", bound.local());
         running.add_with(bound, crate::metrics::router(), ConnectionLimits::http());
     }
-    say!(
+    announce!(
         "attester: {}; certificate chain: {}",
         backend.provisioner.attester().name(),
         backend.provisioner.chains().describe()

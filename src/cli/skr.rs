@@ -114,19 +114,19 @@ pub async fn run(mut args: SkrArgs) -> Result<ExitCode, String> {
     };
     let mut running = serve::start(Arc::clone(&backend), grpc_listeners).await?;
     if grpc {
-        say!("aasp (SKR sidecar mode) serving gRPC on {addr}");
+        announce!("aasp (SKR sidecar mode) serving gRPC on {addr}");
     } else {
         let bound = Bound::bind(&addr).await.map_err(|e| match &addr {
             Listen::Tcp(tcp) => super::listen_failure(*tcp, &e, "set Port to a free port"),
             Listen::Unix(_) => format!("cannot listen on {addr}: {e}"),
         })?;
-        say!(
+        announce!(
             "aasp (SKR sidecar mode) serving the SKR REST API on http://{}",
             bound.local()
         );
         running.add(bound, crate::service::rest::router(Arc::clone(&backend)));
     }
-    say!(
+    announce!(
         "attester: {}; certificate chain: {}",
         backend.provisioner.attester().name(),
         backend.provisioner.chains().describe()

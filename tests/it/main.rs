@@ -17,6 +17,7 @@ mod bounds_readers;
 mod cli;
 mod cli_azure;
 mod coco_real;
+mod container_logs;
 mod deploy;
 mod dev_trust;
 mod docs;
