@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deploy artifacts, for real: the Kubernetes manifests against the Kubernetes schemas
-# (kubernetes-validate from PyPI, strict), and the container image built offline FROM scratch
-# with buildah and run from its mounted rootfs (deploy/image.sh). Everything it writes stays
+# (kubernetes-validate from PyPI, strict), the container image built offline FROM scratch
+# with buildah and run from its mounted rootfs (deploy/image.sh), and the pod manifest run
+# under `podman kube play` (tests/deploy/kube.sh). Everything it writes stays
 # under target/ (and buildah's storage).
 #   tests/deploy/run.sh [BINARY]   the image's binary; default target/debug/aasp, which
 #   `cargo test` has just built: the release binary would cost a release build on CI for the
@@ -27,6 +28,7 @@ if ! command -v buildah >/dev/null; then
   apt-get update -qq && apt-get install -y -qq buildah >/dev/null
 fi
 tag=localhost/aasp:test
+trap 'buildah rmi "$tag" >/dev/null 2>&1 || true' EXIT
 deploy/image.sh build "$binary" "$tag"
 deploy/image.sh test "$tag"
-buildah rmi "$tag" >/dev/null
+tests/deploy/kube.sh "$binary" "$tag"

@@ -167,6 +167,11 @@ fn kubernetes_pod_and_deployment() {
         &deployment["spec"]["template"]["spec"],
         "deployment.yaml",
     );
+    // One pod in two wrappers: tests/deploy/kube.sh runs pod.yaml's, so it must be this one too.
+    assert_eq!(
+        deployment["spec"]["template"]["spec"], pod["spec"],
+        "deployment.yaml's pod spec differs from pod.yaml's: keep them the same"
+    );
     let sa = yaml("deploy/kubernetes/serviceaccount.yaml");
     assert!(sa["metadata"]["annotations"]["azure.workload.identity/client-id"].is_string());
 }
