@@ -156,9 +156,11 @@ for _ in $(seq 1 200); do
   sleep 0.2
 done
 if [ -z "$released" ]; then
-  echo "--- the workload's log:" >&2; podman logs "$pod-app" >&2 || true
-  echo "--- the sidecar's log:" >&2; podman logs "$pod-aasp" >&2 || true
-  fail "the workload got no key from the sidecar within 40 s (logs above)"
+  podman logs "$pod-app" > "$work/app.log" 2>&1 || true
+  podman logs "$pod-aasp" > "$work/aasp.log" 2>&1 || true
+  echo "--- the workload's log (last lines; all of it in $work/app.log):" >&2; tail -n 3 "$work/app.log" >&2
+  echo "--- the sidecar's log (last lines; all of it in $work/aasp.log):" >&2; tail -n 5 "$work/aasp.log" >&2
+  fail "the workload got no key from the sidecar within 40 s; its last word: $(tail -n 1 "$work/app.log")"
 fi
 # The key the workload holds is the emulator's demo-oct key: compared, never printed. `podman cp`
 # to stdout is a tar stream, so the key never lands in a file here.
@@ -178,9 +180,17 @@ PY
 )
 podman cp "$pod-app:/tmp/key.json" - | "$venv/bin/python" -c "$same_key" "$state/emulator/demo-keys.json"
 
-# 6. The sidecar as the kubelet sees it: its probe command and its log format.
-probe=$(podman exec "$pod-aasp" aasp health --target 127.0.0.1:50000) || true
-[ "$probe" = SERVING ] || fail "the probe command (aasp health in the sidecar) answers '$probe'"
+# 6. The sidecar as the kubelet sees it: its probes and its log format. The kubelet execs a
+# probe's command in the container; podman 4.3 turns an exec probe into a CMD-SHELL healthcheck,
+# which needs a shell the aasp image does not have, so the probes run here as the kubelet runs them.
+for probe in readinessProbe livenessProbe; do
+  mapfile -t command < <("$venv/bin/python" -c '
+import sys, yaml
+c = {c["name"]: c for c in yaml.safe_load(open(sys.argv[1]))["spec"]["containers"]}["aasp"]
+print("\n".join(c[sys.argv[2]]["exec"]["command"]))' "$work/pod.yaml" "$probe")
+  answer=$(podman exec "$pod-aasp" "${command[@]}" 2>&1) \
+    || fail "the sidecar's $probe (${command[*]}) fails: $answer"
+done
 podman logs "$pod-aasp" > "$work/aasp.log" 2>&1
 "$venv/bin/python" - "$work/aasp.log" <<'PY'
 import json, sys
@@ -196,4 +206,4 @@ PY
 # The chain came as on AKS: from the THIM that SkrSideCarArgs (LocalTHIM) names.
 grep -q "certificate chain: THIM https://$E/metadata/THIM/amd/certification" "$work/aasp.log" \
   || fail "the sidecar did not take its chain from SkrSideCarArgs' LocalTHIM ($work/aasp.log)"
-echo "kube: pod.yaml runs under podman kube play (runc, cgroupfs): the workload got its key from the sidecar over loopback; the probe command answers SERVING; the chain came from LocalTHIM; the sidecar logs JSON lines ($(wc -l < "$work/aasp.log"))"
+echo "kube: pod.yaml runs under podman kube play (runc, cgroupfs): the workload got its key from the sidecar over loopback; its readiness and liveness probes pass; the chain came from LocalTHIM; the sidecar logs JSON lines ($(wc -l < "$work/aasp.log"))"
