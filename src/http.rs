@@ -282,6 +282,9 @@ pub async fn send_with_retry(
     let rpc_deadline = DEADLINE.try_with(|d| *d).ok();
     let deadline = rpc_deadline.unwrap_or(started + policy.budget);
     let mut attempt: u32 = 0;
+    // The upstream's latest retryable answer: if the deadline then cuts a slower attempt short,
+    // the caller gets what the upstream said (a 503, say) rather than "no answer".
+    let mut last_answer: Option<reqwest::Response> = None;
     loop {
         attempt += 1;
         let give_up = |method: String, url: String, reason: String| TransportFailure {
@@ -327,12 +330,18 @@ pub async fn send_with_retry(
                     return Ok(response);
                 }
                 tracing::debug!(%method, %url, status = %response.status(), ?delay, "retrying");
+                last_answer = Some(response);
                 tokio::time::sleep(delay).await;
                 continue;
             }
             Ok(Err(e)) => (classify(&e), jittered(policy, attempt - 1)),
             Err(_) => {
-                return Err(give_up(method, url, "no answer before the deadline".into()).into())
+                return match last_answer {
+                    Some(answer) => Ok(answer),
+                    None => {
+                        Err(give_up(method, url, "no answer before the deadline".into()).into())
+                    }
+                }
             }
         };
         match failure {
@@ -870,6 +879,38 @@ mod tests {
             started.elapsed() >= Duration::from_secs(2),
             "Retry-After: 1 was honoured"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deadline_cutting_a_slow_retry_short_returns_the_last_answer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // 503 at once, then answers that come only after the budget has run out.
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&seen);
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        );
+        let addr = serve(router).await;
+        let client = reqwest::Client::new();
+        let policy = RetryPolicy {
+            budget: Duration::from_secs(1),
+            base_delay: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        };
+        let response = send_with_retry(|| client.get(format!("http://{addr}/")), &policy)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
