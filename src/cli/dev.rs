@@ -514,6 +514,8 @@ fn print_guide(
                 demo.mount_point.display(),
                 super::dev_encfs::DEMO_ENCFS_FILE
             );
+            say!("  # The same key, released as the sidecar gets it, checked against the image itself:");
+            say!("  $ {}", demo.check_command);
         }
         Err(e) => say!("(no encrypted demo filesystem: {e})"),
     }

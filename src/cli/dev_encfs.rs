@@ -3,7 +3,7 @@
 //! simulated workload; served from the emulator's blob endpoint, with the `aasp encfs run`
 //! command that mounts it.
 
-use super::dev::{command_line, sidecar_env, DevStack, DEMO_OCT_KEY};
+use super::dev::{command_line, shell_word, sidecar_env, DevStack, DEMO_OCT_KEY};
 use crate::azure::jwk::Jwk;
 use crate::emulator::blob::{ACCOUNT, PUBLIC_CONTAINER};
 use crate::encfs::args::{KeyDerivation, KeyKind};
@@ -25,6 +25,8 @@ pub struct EncfsDemo {
     pub mount_point: PathBuf,
     /// `EncfsSideCarArgs=… AASP_…=… <exe> encfs run`, shell-quoted.
     pub command: String,
+    /// `aasp encfs check` of the local image with the key released as the sidecar gets it.
+    pub check_command: String,
 }
 
 /// Reuses the demo image in the state directory when it still opens with the demo oct key
@@ -79,10 +81,23 @@ pub async fn seed(stack: &DevStack, oct: Jwk, exe: &str) -> Result<EncfsDemo, St
         crate::env::AASP_ENCFS_WORK_DIR,
         dir.join("work").display().to_string(),
     ));
+    let emulator = &stack.emulator.url;
+    let host = stack.emulator.host();
+    let word = |path: &Path| shell_word(&path.display().to_string());
+    let check_command = format!(
+        "{exe} encfs check {image} --key-ref {DEMO_OCT_KEY} --kty oct-HSM --akv-endpoint \
+         {emulator} --attester sim --state-dir {state} --cert-source thim --cert-endpoint \
+         {emulator} --imds-endpoint {emulator} --extra-ca {ca} --maa-endpoint {host} \
+         --allow-kms-host {host}",
+        image = word(&image_path),
+        state = word(&stack.state_dir),
+        ca = word(&stack.emulator.ca_path),
+    );
     Ok(EncfsDemo {
         url,
         mount_point,
         command: command_line(&vars, &format!("{exe} encfs run")),
+        check_command,
     })
 }
 

@@ -2,7 +2,7 @@
 //! the TEE (like upstream's `importkey`, they hold the key material).
 
 use crate::azure::jwk::{Jwk, KeyFamily};
-use crate::encfs::args::{KeyDerivation, KeyKind, DEFAULT_LABEL};
+use crate::encfs::args::{AzureFilesystem, KeyDerivation, KeyKind, DEFAULT_LABEL};
 use crate::encfs::image;
 use crate::encfs::passphrase::{wrong_key_hint, Passphrase};
 use clap::{Args, Subcommand, ValueEnum};
@@ -21,8 +21,9 @@ pub enum EncfsCommand {
     /// Make an encrypted image (LUKS2 around ext4) from a directory, without root: writes IMAGE
     /// and IMAGE.encfs.json, the filesystem's EncfsSideCarArgs entry (kid, kty, salt, label).
     Create(CreateArgs),
-    /// Say offline whether a key opens an image (exit 0) or not (exit 1, with what to fix).
-    Check(CheckArgs),
+    /// Say whether a key opens an image (exit 0) or not (exit 1, with what to fix): offline with
+    /// --key-file, or released as the sidecar releases it with --key-ref.
+    Check(Box<CheckArgs>),
     /// The encfs sidecar (also run as /encfs.sh): release each filesystem's key, open its image
     /// in blob storage and mount it for the workload; SIGTERM writes back and unmounts. Needs
     /// root (FUSE, loop devices, mount).
@@ -68,16 +69,41 @@ pub struct CreateArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("key").required(true).args(["key_file", "key_ref"])))]
 pub struct CheckArgs {
     /// The image file.
     image: PathBuf,
-    /// Private JWK file of the key.
+    /// Private JWK file of the key: the check runs offline.
     #[arg(long, value_name = "JWK")]
-    key_file: PathBuf,
-    /// The filesystem's EncfsSideCarArgs entry, for an RSA key's salt and label
-    /// [default: IMAGE.encfs.json when it exists].
+    key_file: Option<PathBuf>,
+    /// Release the key instead, as `aasp encfs run` does for a filesystem (inside a TEE, or
+    /// against `aasp dev`): the key's name or URL (`key.kid`), or kbs:///<repo>/<type>/<tag> for
+    /// a Trustee KBS resource. kty, akv, authority, salt and label come from the entry (--args,
+    /// else IMAGE.encfs.json) unless given below; the release options are `aasp encfs run`'s.
+    #[arg(long, value_name = "KID")]
+    key_ref: Option<String>,
+    /// The filesystem's EncfsSideCarArgs entry, for an RSA key's salt and label (and with
+    /// --key-ref its kty, akv and authority) [default: IMAGE.encfs.json when it exists].
     #[arg(long, value_name = "FILE")]
     args: Option<PathBuf>,
+    /// With --key-ref: the key type (`key.kty`), oct-HSM or RSA-HSM.
+    #[arg(long, requires = "key_ref")]
+    kty: Option<String>,
+    /// With --key-ref: the Key Vault or Managed HSM holding the key (`key.akv.endpoint`).
+    #[arg(long, value_name = "HOST", requires = "key_ref")]
+    akv_endpoint: Option<String>,
+    /// With --key-ref: the attestation service whose token the release policy checks
+    /// (`key.authority.endpoint`) [default: --maa-endpoint].
+    #[arg(long, value_name = "HOST", requires = "key_ref")]
+    authority_endpoint: Option<String>,
+    /// An RSA key's HKDF salt, hex (`key_derivation.salt`).
+    #[arg(long, value_name = "HEX")]
+    salt: Option<String>,
+    /// An RSA key's HKDF label (`key_derivation.label`) [default: "Symmetric Encryption Key"].
+    #[arg(long)]
+    label: Option<String>,
+    #[command(flatten)]
+    backend: Box<super::serve::BackendArgs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,7 +115,7 @@ pub enum NewKey {
 pub async fn run(args: EncfsArgs) -> Result<ExitCode, String> {
     match args.command {
         EncfsCommand::Create(create) => run_create(create),
-        EncfsCommand::Check(check) => run_check(check),
+        EncfsCommand::Check(check) => run_check(*check).await,
         EncfsCommand::Run(run) => Box::pin(super::encfs_run::run(*run)).await,
         EncfsCommand::Upload(upload) => super::encfs_run::upload(upload).await,
     }
@@ -170,16 +196,31 @@ fn run_create(args: CreateArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_check(args: CheckArgs) -> Result<ExitCode, String> {
-    let jwk = read_jwk(&args.key_file)?;
-    let kind = key_kind(&jwk, &args.key_file)?;
-    let derivation = match kind {
-        KeyKind::Oct => KeyDerivation::default(),
-        KeyKind::Rsa => read_derivation(&args)?,
+async fn run_check(args: CheckArgs) -> Result<ExitCode, String> {
+    let entry = read_entry(&args)?;
+    // The header is read and validated before any key is asked for, as the sidecar does.
+    let mut local = image::LocalImage::open(&args.image)
+        .map_err(|e| format!("{}: {e}", args.image.display()))?;
+    let (passphrase, hint, released) = match (&args.key_file, &args.key_ref) {
+        (Some(key_file), _) => {
+            let jwk = read_jwk(key_file)?;
+            let kind = key_kind(&jwk, key_file)?;
+            let derivation = match kind {
+                KeyKind::Oct => KeyDerivation::default(),
+                KeyKind::Rsa => entry.key_derivation.clone(),
+            };
+            let passphrase = Passphrase::from_jwk(&jwk, kind, &derivation)
+                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+            (passphrase, wrong_key_hint(kind, &derivation), false)
+        }
+        (None, _) => {
+            entry.key_source()?;
+            let backend = args.backend.build_for_command()?;
+            let passphrase = super::encfs_run::passphrase(&backend, &entry).await?;
+            (passphrase, super::encfs_run::wrong_key_advice(&entry), true)
+        }
     };
-    let passphrase = Passphrase::from_jwk(&jwk, kind, &derivation)
-        .map_err(|e| format!("{}: {e}", args.key_file.display()))?;
-    match image::check(&args.image, &passphrase) {
+    match local.check(&passphrase) {
         Ok(checked) => {
             say!(
                 "{}: opens with this key (LUKS2 {}, data at {} bytes, {}-byte sectors, {} bytes \
@@ -200,38 +241,52 @@ fn run_check(args: CheckArgs) -> Result<ExitCode, String> {
         Err(image::ImageError::Luks2(
             e @ crate::encfs::luks2::Luks2Error::WrongPassphrase { .. },
         )) => {
-            eprintln!(
-                "{}: {e}: {}",
-                args.image.display(),
-                wrong_key_hint(kind, &derivation)
-            );
+            let which = if released {
+                format!(
+                    "the released key ({}) does not open the image: ",
+                    entry.key.kid
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("{}: {which}{e}: {hint}", args.image.display());
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(format!("{}: {e}", args.image.display())),
     }
 }
 
-/// The RSA key's salt and label: from --args, else IMAGE.encfs.json, else none (the defaults).
-fn read_derivation(args: &CheckArgs) -> Result<KeyDerivation, String> {
+/// The filesystem's entry (--args, else IMAGE.encfs.json, else empty) with the options on top.
+fn read_entry(args: &CheckArgs) -> Result<AzureFilesystem, String> {
     let path = match &args.args {
-        Some(path) => path.clone(),
-        None => {
-            let beside = entry_path(&args.image);
-            if !beside.exists() {
-                return Ok(KeyDerivation::default());
-            }
-            beside
+        Some(path) => Some(path.clone()),
+        None => Some(entry_path(&args.image)).filter(|p| p.exists()),
+    };
+    let mut entry: AzureFilesystem = match path {
+        Some(path) => {
+            // Upstream's entry may carry an inline KMS token.
+            let text = Zeroizing::new(super::read_input(&path)?);
+            serde_json::from_slice(&text)
+                .map_err(|e| format!("{}: not an EncfsSideCarArgs entry: {e}", path.display()))?
+        }
+        None => serde_json::from_str("{}").map_err(|e| e.to_string())?,
+    };
+    let set = |field: &mut String, value: &Option<String>| {
+        if let Some(value) = value {
+            field.clone_from(value);
         }
     };
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        key_derivation: KeyDerivation,
+    set(&mut entry.key.kid, &args.key_ref);
+    set(&mut entry.key.kty, &args.kty);
+    set(&mut entry.key.akv.endpoint, &args.akv_endpoint);
+    set(&mut entry.key.authority.endpoint, &args.authority_endpoint);
+    if args.salt.is_some() {
+        entry.key_derivation.salt.clone_from(&args.salt);
     }
-    let text = super::read_input(&path)?;
-    let entry: Entry = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not an EncfsSideCarArgs entry: {e}", path.display()))?;
-    Ok(entry.key_derivation)
+    if args.label.is_some() {
+        entry.key_derivation.label.clone_from(&args.label);
+    }
+    Ok(entry)
 }
 
 /// IMAGE.encfs.json.

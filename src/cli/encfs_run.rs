@@ -319,11 +319,10 @@ async fn mount_one(shared: &Shared, index: usize, fs: &AzureFilesystem) -> Resul
             .map_err(|e| e.to_string())?
     };
     let volume = unlocked.map_err(|e| {
-        let hint = match fs.key_source() {
-            Ok(KeySource::Azure { kind, .. }) => wrong_key_hint(kind, &fs.key_derivation),
-            _ => "check that the KBS resource is the image's passphrase",
-        };
-        format!("the released key does not open the image: {e}; {hint}")
+        format!(
+            "the released key does not open the image: {e}; {}",
+            wrong_key_advice(fs)
+        )
     })?;
     let flush: FlushFn = {
         let cache = Arc::clone(&cache);
@@ -356,9 +355,20 @@ async fn mount_one(shared: &Shared, index: usize, fs: &AzureFilesystem) -> Resul
     Ok(done)
 }
 
+/// What to check when a filesystem's released key does not open its image.
+pub(super) fn wrong_key_advice(fs: &AzureFilesystem) -> &'static str {
+    match fs.key_source() {
+        Ok(KeySource::Azure { kind, .. }) => wrong_key_hint(kind, &fs.key_derivation),
+        _ => "check that the KBS resource is the image's passphrase",
+    }
+}
+
 /// The filesystem's passphrase: a released Azure key (oct bytes, or HKDF of the RSA key), or a
 /// Trustee KBS resource.
-async fn passphrase(backend: &Arc<Backend>, fs: &AzureFilesystem) -> Result<Passphrase, String> {
+pub(super) async fn passphrase(
+    backend: &Arc<Backend>,
+    fs: &AzureFilesystem,
+) -> Result<Passphrase, String> {
     let provisioner = &backend.provisioner;
     match fs.key_source()? {
         KeySource::Kbs(uri) => {

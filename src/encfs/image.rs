@@ -197,33 +197,58 @@ pub struct Checked {
     pub ext4: bool,
 }
 
-/// Reads an image's LUKS2 header as the mount side does (a prefix, then what the header asks
-/// for), validates it and opens it with `passphrase`.
+/// A local image whose LUKS2 header was read as the mount side reads it (a prefix, then what the
+/// header asks for) and validated; nothing is unlocked yet.
+pub struct LocalImage {
+    path: PathBuf,
+    file: std::fs::File,
+    size: u64,
+    header: Luks2Header,
+}
+
+impl LocalImage {
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
+        let mut file = std::fs::File::open(path).map_err(io(path))?;
+        let size = file.metadata().map_err(io(path))?.len();
+        let header = read_header(&mut file, path)?;
+        Ok(LocalImage {
+            path: path.to_path_buf(),
+            file,
+            size,
+            header,
+        })
+    }
+
+    /// Unlocks the validated header with `passphrase` and looks for ext4 inside.
+    pub fn check(&mut self, passphrase: &Passphrase) -> Result<Checked, ImageError> {
+        let volume = self.header.unlock(passphrase)?;
+        let data_size = volume.data_size(self.size);
+        let mut first = vec![0u8; volume.sector_size() as usize];
+        let ext4 = if data_size >= first.len() as u64 {
+            self.file
+                .seek(SeekFrom::Start(volume.data_offset()))
+                .and_then(|_| self.file.read_exact(&mut first))
+                .map_err(io(&self.path))?;
+            volume.decrypt(0, &mut first)?;
+            first
+                .get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2)
+                .is_some_and(|m| m == EXT4_MAGIC.to_le_bytes())
+        } else {
+            false
+        };
+        Ok(Checked {
+            uuid: self.header.uuid().to_owned(),
+            data_offset: volume.data_offset(),
+            sector_size: volume.sector_size(),
+            data_size,
+            ext4,
+        })
+    }
+}
+
+/// [`LocalImage::open`], then [`LocalImage::check`].
 pub fn check(image: &Path, passphrase: &Passphrase) -> Result<Checked, ImageError> {
-    let mut file = std::fs::File::open(image).map_err(io(image))?;
-    let device_size = file.metadata().map_err(io(image))?.len();
-    let header = read_header(&mut file, image)?;
-    let volume = header.unlock(passphrase)?;
-    let data_size = volume.data_size(device_size);
-    let mut first = vec![0u8; volume.sector_size() as usize];
-    let ext4 = if data_size >= first.len() as u64 {
-        file.seek(SeekFrom::Start(volume.data_offset()))
-            .and_then(|_| file.read_exact(&mut first))
-            .map_err(io(image))?;
-        volume.decrypt(0, &mut first)?;
-        first
-            .get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2)
-            .is_some_and(|m| m == EXT4_MAGIC.to_le_bytes())
-    } else {
-        false
-    };
-    Ok(Checked {
-        uuid: header.uuid().to_owned(),
-        data_offset: volume.data_offset(),
-        sector_size: volume.sector_size(),
-        data_size,
-        ext4,
-    })
+    LocalImage::open(image)?.check(passphrase)
 }
 
 /// The header of a local image, read the way [`Luks2Header::parse`] asks.

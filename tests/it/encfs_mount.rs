@@ -53,7 +53,12 @@ fn ok(output: Output) -> String {
 
 /// An image of `content` for a new key (`oct` or `rsa`): the image, its key file and the
 /// EncfsSideCarArgs entry `aasp encfs create` wrote.
-fn create_image(dir: &Path, name: &str, key: &str, read_write: bool) -> (PathBuf, PathBuf, Value) {
+pub(crate) fn create_image(
+    dir: &Path,
+    name: &str,
+    key: &str,
+    read_write: bool,
+) -> (PathBuf, PathBuf, Value) {
     let content = dir.join(format!("{name}-content"));
     std::fs::create_dir_all(content.join("sub")).unwrap();
     std::fs::write(content.join("hello.txt"), format!("hello from {name}\n")).unwrap();
@@ -94,7 +99,7 @@ fn big(name: &str) -> Vec<u8> {
 }
 
 /// Imports `key_file` into the emulated HSM as `name`, releasable to the simulated workload.
-async fn import_key(dev: &Dev, name: &str, key_file: &Path) {
+pub(crate) async fn import_key(dev: &Dev, name: &str, key_file: &Path) {
     let jwk: Jwk = serde_json::from_slice(&std::fs::read(key_file).unwrap()).unwrap();
     let sim = aasp::snp::sim::Simulated::open(&aasp::snp::sim::SimOptions {
         state_dir: dev.state_dir.clone(),

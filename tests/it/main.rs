@@ -22,6 +22,7 @@ mod deploy;
 mod dev_trust;
 mod docs;
 mod encfs_blob;
+mod encfs_check;
 mod encfs_deploy;
 mod encfs_dev;
 mod encfs_luks2;
