@@ -376,8 +376,8 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, String> {
     let mut stack = start_with(&args.listen, args.emulator_listen, &state_dir, &options).await?;
     let exe = running_binary();
     // Stored by start_with: a plain read now.
-    let (_, oct) = demo_keys(&demo_key_store(&state_dir))?;
-    let encfs = super::dev_encfs::seed(&stack, oct, &exe).await;
+    let (rsa, oct) = demo_keys(&demo_key_store(&state_dir))?;
+    let encfs = super::dev_encfs::seed(&stack, oct, rsa, &exe).await;
     // The guide lists the gRPC listeners only: the metrics listener joins the same server below.
     let grpc_listeners = stack.server.listeners.clone();
     if let Some(addr) = args.metrics_listen {
@@ -503,19 +503,31 @@ fn print_guide(
     say!("    {}", skr_command(exe, stack));
     match encfs {
         Ok(demo) => {
+            let shown = |what: &dyn Fn(&super::dev_encfs::DemoFilesystem) -> String| {
+                demo.filesystems
+                    .iter()
+                    .map(what)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            };
             say!(
-                "The encfs sidecar's drop-in mounts the encrypted demo image {} (key {DEMO_OCT_KEY}; docs/encfs.md) at {} (it needs root and runs until stopped, so no `$`):",
-                demo.url,
-                demo.mount_point.display()
+                "The encfs sidecar's drop-in mounts the encrypted demo images {} (keys {DEMO_OCT_KEY}, and {DEMO_RSA_KEY} with a salt; docs/encfs.md) at {} (it needs root and runs until stopped, so no `$`):",
+                shown(&|fs| fs.url.clone()),
+                shown(&|fs| fs.mount_point.display().to_string())
             );
             say!("    {}", demo.command);
             say!(
-                "  then read {}/{} from another terminal; SIGTERM or Ctrl-C unmounts it.",
-                demo.mount_point.display(),
-                super::dev_encfs::DEMO_ENCFS_FILE
+                "  then read {} from another terminal; SIGTERM or Ctrl-C unmounts them.",
+                shown(&|fs| fs
+                    .mount_point
+                    .join(super::dev_encfs::DEMO_ENCFS_FILE)
+                    .display()
+                    .to_string())
             );
-            say!("  # The same key, released as the sidecar gets it, checked against the image itself:");
-            say!("  $ {}", demo.check_command);
+            say!("  # Each key, released as the sidecar gets it, checked against its image (the salt is in IMAGE.encfs.json):");
+            for fs in &demo.filesystems {
+                say!("  $ {}", fs.check_command);
+            }
         }
         Err(e) => say!("(no encrypted demo filesystem: {e})"),
     }

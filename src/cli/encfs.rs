@@ -290,7 +290,7 @@ fn read_entry(args: &CheckArgs) -> Result<AzureFilesystem, String> {
 }
 
 /// IMAGE.encfs.json.
-fn entry_path(image: &Path) -> PathBuf {
+pub(super) fn entry_path(image: &Path) -> PathBuf {
     let mut name = image.file_name().unwrap_or_default().to_os_string();
     name.push(".encfs.json");
     image.with_file_name(name)

@@ -1,8 +1,9 @@
 //! `aasp dev`'s encrypted demo filesystem as a newcomer meets it: dev prints an `aasp encfs run`
 //! line (not a `$` line: it needs root and runs until stopped, and the line before it says so);
-//! that line, run exactly as printed, mounts the demo image from the emulator's blob endpoint
-//! with the demo key the emulated Managed HSM releases to the simulated workload; the demo file
-//! reads through the mount point symlink; SIGTERM leaves nothing mounted.
+//! that line, run exactly as printed, mounts both demo images from the emulator's blob endpoint
+//! with the demo keys the emulated Managed HSM releases to the simulated workload (oct, and RSA
+//! with a salt); each demo file reads through its mount point symlink; SIGTERM leaves nothing
+//! mounted.
 
 use crate::encfs_mount::{is_root, left_behind};
 use aasp::cli::dev_encfs::{DEMO_ENCFS_FILE, DEMO_ENCFS_TEXT};
@@ -52,7 +53,7 @@ impl Drop for Group {
 }
 
 #[test]
-fn the_encfs_line_aasp_dev_prints_mounts_the_demo_image_until_sigterm() {
+fn the_encfs_line_aasp_dev_prints_mounts_the_demo_images_until_sigterm() {
     if !is_root() {
         eprintln!("skipped: FUSE, loop devices and mount(2) need root (CI runs as root)");
         return;
@@ -88,16 +89,24 @@ fn the_encfs_line_aasp_dev_prints_mounts_the_demo_image_until_sigterm() {
         .strip_prefix("    ")
         .unwrap_or_else(|| panic!("no command after the intro:\n{text}"));
     assert!(command.ends_with(" encfs run"), "{command}");
-    // "  then read <file> from another terminal; …"
-    let file = PathBuf::from(
-        guide[intro + 2]
-            .strip_prefix("  then read ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no file to read:\n{text}")),
-    );
-    assert_eq!(file.file_name().unwrap(), DEMO_ENCFS_FILE);
-    let mount_point = file.parent().unwrap().to_path_buf();
-    assert!(mount_point.starts_with(&state), "{}", mount_point.display());
+    // "  then read <file> and <file> from another terminal; …"
+    let files: Vec<PathBuf> = guide[intro + 2]
+        .strip_prefix("  then read ")
+        .and_then(|rest| rest.split(" from another terminal").next())
+        .unwrap_or_else(|| panic!("no file to read:\n{text}"))
+        .split(" and ")
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(files.len(), 2, "the oct and the RSA demo:\n{text}");
+    let mount_points: Vec<PathBuf> = files
+        .iter()
+        .map(|file| {
+            assert_eq!(file.file_name().unwrap(), DEMO_ENCFS_FILE);
+            let mount_point = file.parent().unwrap().to_path_buf();
+            assert!(mount_point.starts_with(&state), "{}", mount_point.display());
+            mount_point
+        })
+        .collect();
 
     let log = dir.path().join("sidecar.log");
     let mut sidecar = Group::spawn(
@@ -110,7 +119,10 @@ fn the_encfs_line_aasp_dev_prints_mounts_the_demo_image_until_sigterm() {
     );
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut waited = 0;
-    while std::fs::symlink_metadata(&mount_point).is_err() {
+    while mount_points
+        .iter()
+        .any(|m| std::fs::symlink_metadata(m).is_err())
+    {
         if let Some(status) = sidecar.0.try_wait().unwrap() {
             panic!("the printed command ended ({status}):\n{}", read_log());
         }
@@ -118,18 +130,23 @@ fn the_encfs_line_aasp_dev_prints_mounts_the_demo_image_until_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
         waited += 1;
     }
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}:\n{}", read_log())),
-        DEMO_ENCFS_TEXT
-    );
+    for file in &files {
+        assert_eq!(
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{e}:\n{}", read_log())),
+            DEMO_ENCFS_TEXT
+        );
+    }
     assert!(read_log().contains("is ready"), "{}", read_log());
 
     let status = sidecar.terminate();
     assert!(status.success(), "{status}:\n{}", read_log());
     assert!(left_behind(&state).is_empty(), "{:?}", left_behind(&state));
-    assert!(
-        std::fs::symlink_metadata(&mount_point).is_err(),
-        "the mount point symlink is left"
-    );
+    for mount_point in &mount_points {
+        assert!(
+            std::fs::symlink_metadata(mount_point).is_err(),
+            "{} is left",
+            mount_point.display()
+        );
+    }
     dev.terminate();
 }
