@@ -9,7 +9,7 @@ use super::dev::{command_line, shell_word, sidecar_env, DevStack, DEMO_OCT_KEY, 
 use super::encfs::entry_path;
 use crate::azure::jwk::Jwk;
 use crate::emulator::blob::{ACCOUNT, PUBLIC_CONTAINER};
-use crate::encfs::args::{KeyDerivation, KeyKind, DEFAULT_LABEL};
+use crate::encfs::args::{KeyDerivation, KeyKind};
 use crate::encfs::image;
 use crate::encfs::passphrase::Passphrase;
 use std::path::{Path, PathBuf};
@@ -157,14 +157,7 @@ fn make_or_reuse(demo: &Demo) -> Result<(Vec<u8>, KeyDerivation), String> {
     } else {
         let derivation = match demo.kind {
             KeyKind::Oct => KeyDerivation::default(),
-            KeyKind::Rsa => {
-                let mut salt = [0u8; 32];
-                aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no randomness".to_owned())?;
-                KeyDerivation {
-                    salt: Some(hex::encode(salt)),
-                    label: Some(DEFAULT_LABEL.into()),
-                }
-            }
+            KeyKind::Rsa => KeyDerivation::random(None)?,
         };
         let passphrase =
             Passphrase::from_jwk(&demo.jwk, demo.kind, &derivation).map_err(|e| e.to_string())?;

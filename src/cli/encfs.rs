@@ -2,7 +2,7 @@
 //! the TEE (like upstream's `importkey`, they hold the key material).
 
 use crate::azure::jwk::{Jwk, KeyFamily};
-use crate::encfs::args::{AzureFilesystem, KeyDerivation, KeyKind, DEFAULT_LABEL};
+use crate::encfs::args::{AzureFilesystem, KeyDerivation, KeyKind};
 use crate::encfs::image;
 use crate::encfs::passphrase::{wrong_key_hint, Passphrase};
 use clap::{Args, Subcommand, ValueEnum};
@@ -138,14 +138,7 @@ fn run_create(args: CreateArgs) -> Result<ExitCode, String> {
     let kind = key_kind(&jwk, &args.key_file)?;
     let derivation = match kind {
         KeyKind::Oct => KeyDerivation::default(),
-        KeyKind::Rsa => {
-            let mut salt = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no randomness".to_owned())?;
-            KeyDerivation {
-                salt: Some(hex::encode(salt)),
-                label: Some(args.label.clone().unwrap_or_else(|| DEFAULT_LABEL.into())),
-            }
-        }
+        KeyKind::Rsa => KeyDerivation::random(args.label.clone())?,
     };
     let passphrase = Passphrase::from_jwk(&jwk, kind, &derivation)
         .map_err(|e| format!("{}: {e}", args.key_file.display()))?;

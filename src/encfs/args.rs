@@ -136,6 +136,19 @@ pub struct KeyDerivation {
     pub label: Option<String>,
 }
 
+impl KeyDerivation {
+    /// A new random 32-byte salt and `label` ([`DEFAULT_LABEL`] when absent), for a new RSA image:
+    /// the salt goes into the image's entry, never into the (untrusted) image.
+    pub fn random(label: Option<String>) -> Result<Self, String> {
+        let mut salt = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no randomness for the salt".to_owned())?;
+        Ok(KeyDerivation {
+            salt: Some(hex::encode(salt)),
+            label: Some(label.unwrap_or_else(|| DEFAULT_LABEL.into())),
+        })
+    }
+}
+
 /// The family of the released key, which decides how it becomes a passphrase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {

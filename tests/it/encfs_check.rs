@@ -5,7 +5,7 @@
 //! is refused before any key is released. No root needed.
 
 use crate::common::Dev;
-use crate::encfs_mount::{create_image, import_key};
+use crate::encfs_mount::{create_image, import_key, release_options};
 use aasp::azure::jwk::Jwk;
 use base64::Engine;
 use std::path::Path;
@@ -19,20 +19,7 @@ fn check(dev: &Dev, image: &Path, kid: &str, extra: &[&str]) -> Output {
         .arg(image)
         .args(["--key-ref", kid])
         .args(["--akv-endpoint", &dev.emulator.url])
-        .args(["--attester", "sim", "--state-dir"])
-        .arg(&dev.state_dir)
-        .args([
-            "--cert-source",
-            "thim",
-            "--cert-endpoint",
-            &dev.emulator.url,
-        ])
-        .args(["--imds-endpoint", &dev.emulator.url])
-        .arg("--extra-ca")
-        .arg(&dev.emulator.ca_path)
-        .args(["--maa-endpoint", &dev.emulator.host()])
-        .args(["--allow-kms-host", &dev.emulator.host()])
-        .args(["--kbs-url", &dev.emulator.url])
+        .args(release_options(dev))
         .args(extra)
         .env_remove("RUST_LOG")
         .output()

@@ -189,6 +189,29 @@ impl std::ops::DerefMut for Sidecar {
     }
 }
 
+/// The options by which a key is released against the dev stack (simulated SNP, the emulator's
+/// THIM, IMDS, MAA and Managed HSM, its Trustee KBS), as `aasp encfs run` and `check` take them.
+pub(crate) fn release_options(dev: &Dev) -> Vec<std::ffi::OsString> {
+    let (url, host) = (dev.emulator.url.as_str(), dev.emulator.host());
+    let mut options: Vec<std::ffi::OsString> = ["--attester", "sim", "--state-dir"]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    options.push(dev.state_dir.clone().into());
+    for (flag, value) in [
+        ("--cert-source", "thim"),
+        ("--cert-endpoint", url),
+        ("--imds-endpoint", url),
+        ("--maa-endpoint", &host),
+        ("--allow-kms-host", &host),
+        ("--kbs-url", url),
+    ] {
+        options.extend([flag.into(), value.into()]);
+    }
+    options.extend(["--extra-ca".into(), dev.emulator.ca_path.clone().into()]);
+    options
+}
+
 /// `aasp encfs run` as the sidecar runs, wired to the dev stack's emulator.
 fn start_sidecar(dev: &Dev, filesystems: &[Value], dir: &Path, extra_hosts: &[String]) -> Sidecar {
     let args = json!({ "azure_filesystems": filesystems });
@@ -198,21 +221,9 @@ fn start_sidecar(dev: &Dev, filesystems: &[Value], dir: &Path, extra_hosts: &[St
     let mut hosts = vec![dev.emulator.host()];
     hosts.extend_from_slice(extra_hosts);
     Command::new(env!("CARGO_BIN_EXE_aasp"))
-        .args(["encfs", "run", "--attester", "sim", "--state-dir"])
-        .arg(&dev.state_dir)
-        .args([
-            "--cert-source",
-            "thim",
-            "--cert-endpoint",
-            &dev.emulator.url,
-        ])
-        .args(["--imds-endpoint", &dev.emulator.url])
-        .arg("--extra-ca")
-        .arg(&dev.emulator.ca_path)
-        .args(["--maa-endpoint", &dev.emulator.host()])
-        .args(["--allow-kms-host", &dev.emulator.host()])
+        .args(["encfs", "run"])
+        .args(release_options(dev))
         .args(["--allow-storage-host", &hosts.join(",")])
-        .args(["--kbs-url", &dev.emulator.url])
         .arg("--work-dir")
         .arg(dir.join("work"))
         .env("EncfsSideCarArgs", encoded)
