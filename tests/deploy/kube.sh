@@ -37,8 +37,10 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 EOF
 export CONTAINERS_CONF=$work/containers.conf
+# The pod gets podman's default bridge network (netavark, which uses iptables): podman 4.3
+# refuses `--network none` for a manifest that declares a containerPort, as this one does.
 missing=""
-for tool in podman:podman runc:runc catatonit:catatonit buildah:buildah nsenter:util-linux; do
+for tool in podman:podman runc:runc catatonit:catatonit buildah:buildah iptables:iptables nsenter:util-linux; do
   command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
 done
 if [ -n "$missing" ]; then
