@@ -484,8 +484,13 @@ pub fn listen_error(listen: &Listen, e: &std::io::Error) -> String {
 /// Binds every listener and serves the backend on each.
 pub async fn start(backend: Arc<Backend>, listen: &[Listen]) -> Result<Running, String> {
     let (router, health) = grpc_router(Arc::clone(&backend), &Limits::default());
-    tokio::spawn(report_readiness(Arc::clone(&backend), health));
     let (stop, _) = tokio::sync::watch::channel(false);
+    // Readiness ends with the server, also when a command fails after this start and drops it.
+    tokio::spawn(report_readiness(
+        Arc::clone(&backend),
+        health,
+        stop.subscribe(),
+    ));
     let mut stopped = stop.subscribe();
     let release = release_start_up_memory(Arc::clone(&backend));
     // Ends with the server (tests and benches start many in one process).

@@ -244,8 +244,13 @@ pub const SERVICE_NAMES: [&str; 4] = [
 ];
 
 /// Marks the services SERVING once the attester and the certificate chain answer, retrying until
-/// they do: until then a pod's readiness probe keeps traffic away.
-pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::server::HealthReporter) {
+/// they do: until then a pod's readiness probe keeps traffic away. Ends, silently, once `server`
+/// says stop or its sender is gone: the server it reports for has stopped or was dropped.
+pub async fn report_readiness(
+    backend: Arc<Backend>,
+    health: tonic_health::server::HealthReporter,
+    mut server: tokio::sync::watch::Receiver<bool>,
+) {
     use tonic_health::ServingStatus;
     for name in SERVICE_NAMES.iter().chain(std::iter::once(&"")) {
         health
@@ -254,11 +259,24 @@ pub async fn report_readiness(backend: Arc<Backend>, health: tonic_health::serve
     }
     let mut delay = Duration::from_millis(100);
     loop {
-        match ready(&backend).await {
+        let attempt = tokio::select! {
+            biased;
+            _ = server.wait_for(|stop| *stop) => return,
+            attempt = ready(&backend) => attempt,
+        };
+        match attempt {
             Ok(()) => break,
+            // A command that fails after starting its server drops it and returns; a check
+            // already running then meets the runtime's shutdown (the attester's blocking task
+            // cancelled) and failed for that alone: nobody is left to tell.
+            Err(_) if *server.borrow() || server.has_changed().is_err() => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "not ready: attester or certificate chain unavailable, or the self-check failed");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    biased;
+                    _ = server.wait_for(|stop| *stop) => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
                 // Up to 30 s apart: a chain source that keeps failing (or a host answering
                 // garbage) is not asked again in a hot loop.
                 delay = (delay * 2).min(Duration::from_secs(30));

@@ -38,6 +38,7 @@ mod resilience;
 mod rest;
 mod secrets_in_logs;
 mod serve_process;
+mod server_end;
 mod server_limits;
 mod services;
 mod single_flight;
