@@ -14,6 +14,7 @@ mod attestation_agent_cli;
 mod azure_flow;
 mod bounds_listeners;
 mod bounds_readers;
+mod call_codes;
 mod cli;
 mod cli_azure;
 mod coco_real;

@@ -336,8 +336,10 @@ async fn call_ttrpc(
     let name = format!("{}/{}", method.parent_service().full_name(), method.name());
     let mut reply = match client.request(req).await {
         Ok(reply) => reply,
+        // Named as over gRPC (and as grpcurl names it): one refusal reads the same on both.
         Err(ttrpc::Error::RpcStatus(status)) => {
-            return Err(format!("{name}: {:?}: {}", status.code(), status.message()))
+            let code = tonic::Code::from(status.code() as i32);
+            return Err(format!("{name}: {code:?}: {}", status.message()));
         }
         Err(e) => return Err(format!("{name} over ttrpc on {target}: {e}")),
     };
