@@ -1,6 +1,7 @@
 """Derives the manifest tests/deploy/kube.sh runs from a shipped pod manifest: swaps only the
-images and the endpoint/attester environment, then checks that everything else (containers,
-commands, args, probes, ports, security context, resources, volumes) is exactly as shipped.
+images and the endpoint/attester environment and drops documentation-only container ports (see
+below), then checks that everything else (containers, commands, args, probes, security context,
+resources, volumes) is exactly as shipped.
 
     derive.py SHIPPED OUT EMULATOR_HOST_PORT AASP_IMAGE WORKLOAD_IMAGE
 """
@@ -47,11 +48,22 @@ set_env(app, "MAA_ENDPOINT", emulator)
 set_env(app, "KMS_ENDPOINT", emulator)
 set_env(app, "KEY_NAME", "demo-oct")
 
-# What may differ: images and env values; env names may only be added, never dropped.
+# Ports: a containerPort without hostPort only documents a port on Kubernetes (aasp listens on
+# the pod's loopback, so nothing outside reaches it anyway), but podman 4.3 publishes it on the
+# host (0.0.0.0:50000, clashing with an `aasp dev` there) and then refuses `--network none`.
+# Such ports are dropped; a hostPort would mean something, so the shipped manifest must have none.
+for c in pod["spec"]["containers"]:
+    for port in c.pop("ports", []):
+        assert "hostPort" not in port, f"{c['name']}: a hostPort is more than documentation: {port}"
+
+
+# What may differ: images, env values and documentation-only ports; env names may only be
+# added, never dropped.
 def structure(p):
     p = copy.deepcopy(p)
     for c in p["spec"]["containers"]:
         c.pop("image")
+        c.pop("ports", None)
         c["env"] = sorted(v["name"] for v in c.get("env", []))
     return p
 
@@ -65,4 +77,4 @@ assert a == b, "the derived manifest changed more than images and environment"
 assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "aasp"]
 
 yaml.safe_dump(pod, open(out_path, "w"), sort_keys=False)
-print(f"derived {out_path} from {shipped_path}: images and endpoint/attester environment swapped")
+print(f"derived {out_path} from {shipped_path}: images and endpoint/attester environment swapped, documentation-only ports dropped")
