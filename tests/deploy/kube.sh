@@ -12,8 +12,8 @@
 # the simulator's identity and the dev CA as test fixtures, made at test time.
 #   tests/deploy/kube.sh BINARY [AASP_IMAGE]   e.g. target/debug/aasp localhost/aasp:test; without
 #                                             an image, builds one from BINARY (deploy/image.sh)
-# Needs root. Installs podman, runc, catatonit (the pause image's init) and buildah when missing,
-# and PyYAML in target/k8s-venv (tests/deploy/run.sh's venv).
+# Needs root. Installs podman, runc, catatonit (the pause image's init), buildah and python3-venv
+# when missing, and PyYAML in target/k8s-venv (tests/deploy/run.sh's venv).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -62,6 +62,10 @@ fi
 podman info >/dev/null 2>"$work/podman-info.err" \
   || fail "podman cannot run here although namespaces and cgroups work: $(head -c 600 "$work/podman-info.err")"
 if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null \
+    || apt-get install -y -qq python3-venv >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; } \
+    || fail "apt-get install python3-venv failed"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check pyyaml
 fi

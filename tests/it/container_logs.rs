@@ -2,6 +2,7 @@
 //! server writes, on stdout and stderr alike, is one JSON object, because `kubectl logs` merges
 //! both streams and log collectors parse each line. Its start-up lines are records there too.
 
+use crate::common;
 use std::process::{Command, Stdio};
 
 fn free_port() -> u16 {
@@ -30,18 +31,9 @@ fn json_logs_are_json_on_both_streams_start_up_lines_included() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut answer = String::new();
-    for _ in 0..200 {
-        let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
-            .args(["health", "--target", &format!("127.0.0.1:{grpc}")])
-            .output()
-            .unwrap();
-        answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if answer == "SERVING" || server.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let answer = common::health_until(&format!("127.0.0.1:{grpc}"), &mut server, 200, |a| {
+        a == "SERVING"
+    });
     let _ = server.kill();
     let output = server.wait_with_output().unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();

@@ -2,6 +2,7 @@
 //! port, its flags and its environment variables (read from `aasp serve --help`), so the
 //! manifests and the code cannot drift apart.
 
+use crate::common;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -257,18 +258,9 @@ fn serve_without_a_device_stays_up_not_serving() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut answer = String::new();
-    for _ in 0..100 {
-        let out = Command::new(env!("CARGO_BIN_EXE_aasp"))
-            .args(["health", "--target", &format!("127.0.0.1:{port}")])
-            .output()
-            .unwrap();
-        answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !answer.is_empty() || server.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let answer = common::health_until(&format!("127.0.0.1:{port}"), &mut server, 100, |a| {
+        !a.is_empty()
+    });
     let exited = server.try_wait().unwrap();
     let _ = server.kill();
     let output = server.wait_with_output().unwrap();

@@ -257,3 +257,26 @@ impl Drop for LogCapture {
         let _ = handles.layer.reload(None);
     }
 }
+
+/// Asks `aasp health --target TARGET` every 100 ms, up to `tries` times, until `done` accepts
+/// the answer or `server` has exited; returns the last answer.
+pub fn health_until(
+    target: &str,
+    server: &mut std::process::Child,
+    tries: usize,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut answer = String::new();
+    for _ in 0..tries {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_aasp"))
+            .args(["health", "--target", target])
+            .output()
+            .unwrap();
+        answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if done(&answer) || server.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    answer
+}
