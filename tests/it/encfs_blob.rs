@@ -103,7 +103,9 @@ impl Azurite {
                     .arg(key);
             }
             let mut child = command.spawn().unwrap();
-            for _ in 0..200 {
+            // Node takes seconds to start on two busy cores (10 s was seen to be too short with
+            // the suite's six test threads): up to 60 s, a bound on a hang, not a timing check.
+            for _ in 0..1200 {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Azurite {
                         child,
