@@ -108,8 +108,8 @@ const UNKNOWN_LIMIT_BUDGET: usize = 512;
 pub enum Eviction {
     /// Any connection with no request in flight (HTTP clients reconnect when told to go).
     Idle,
-    /// Only connections that never completed a request: a ttrpc client keeps the connection of
-    /// its first call for its lifetime and does not reconnect (CDH's attestation-agent client).
+    /// Only connections that never completed a request: a ttrpc client may keep the connection
+    /// of its first call for its lifetime and not reconnect (CDH's hub and its agent client).
     NeverCompleted,
 }
 

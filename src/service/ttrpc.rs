@@ -13,13 +13,13 @@
 //! the message size (the gRPC listeners' limit) against each frame header before the crate
 //! allocates for it, and a deadline for a frame's bytes once its first byte arrived.
 //!
-//! No connection is closed for being idle. CDH connects once and never reconnects
-//! (guest-components `kbs_protocol`'s AA token and evidence providers), and its first call may
-//! come long after it connected: the evidence provider connects when CDH's KBS client is made,
-//! then asks the KBS for the resource and calls the agent only when the KBS answers 401; a KBS
-//! that is down leaves the connection unused until a later retry. So idle connections are
-//! bounded by the cap alone: past it, a connection that never completed a request makes room,
-//! the oldest first; one that completed a request is never evicted.
+//! No connection is closed for being idle. CDH's hub connects to the agent at its first image
+//! pull and keeps that client for its lifetime, calling it again only at the next pull, which
+//! may be hours later (guest-components 8246e5e `confidential-data-hub/hub/src/hub.rs`,
+//! `aa_client`); it never reconnects. Its KBS requests open a connection each, which stays open
+//! through the KBS's retries. So idle connections are bounded by the cap alone: past it, a
+//! connection that never completed a request makes room, the oldest first; one that completed a
+//! request is never evicted.
 //!
 //! Served: `attestation_agent.AttestationAgentService`, `keyprovider.KeyProviderService` and
 //! `getresource.GetResourceService`. Must not know any backend's wire format.

@@ -486,25 +486,38 @@ fn tee_keypair_pem_is_what_upstreams_from_pem_reads() {
     assert_eq!(rsa.modulus.as_bytes().len(), 256, "RSA-2048");
 }
 
-/// CDH connects to the agent once, at its first KBS request, and never reconnects
-/// (`kbs_protocol/src/token_provider/aa/mod.rs`, `confidential-data-hub/kms/src/plugins/kbs/
-/// cc_kbc.rs`): its next GetToken may come after any pause, on the same connection. The pause
-/// here outlasts the agent's 10 s deadline for a request's bytes, the one clock a connection has.
+/// The connection CDH keeps: its hub connects to the agent once, at its first image pull, and
+/// keeps that client for its lifetime to extend the runtime measurement after every pull
+/// (`confidential-data-hub/hub/src/hub.rs`, `aa_client`, `initialize_aa_client`), so its next call
+/// may come after any pause, on the same connection. The pause here outlasts the agent's 10 s
+/// deadline for a request's bytes, the one clock a connection has. (CDH's KBS requests are not
+/// such a connection: 8246e5e makes a new KBS client, so a new connection and a GetToken, for
+/// every request, `kms/src/plugins/mod.rs` `new_getter`.)
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cdh_connection_idle_past_the_request_deadline_keeps_working() {
+async fn cdhs_long_lived_connection_idle_past_the_request_deadline_keeps_working() {
     let peers = peers(|_| {}).await;
-    let config = peers.dir.path().join("aa.toml");
-    std::fs::write(&config, kbs_section(&peers, "")).unwrap();
-    let (_agent, client) = peers.agent(&["-c", config.to_str().unwrap()], &[]).await;
-    let attestations = || peers.emulator.kbs.attestations.load(Ordering::SeqCst);
-
-    let before = attestations();
-    let first = get_token(&client, "kbs").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
-    let second = get_token(&client, "kbs").await.unwrap();
-    assert_eq!(attestations(), before + 2);
-    for reply in [first, second] {
-        let (status, plain) = read_with_token(&peers.http, &peers.emulator.url, &reply).await;
-        assert_eq!((status, plain.as_deref()), (200, Some(SECRET)));
+    let (_agent, client) = peers.agent(&[], &[]).await;
+    // The event CDH sends after pulling an image.
+    let pulled = aa::ExtendRuntimeMeasurementRequest {
+        domain: "github.com/confidential-containers".into(),
+        operation: "PullImage".into(),
+        content: r#"{"image":"docker.io/library/busybox:latest", "digest":"sha256:0"}"#.into(),
+        register_index: None,
+    };
+    for pause in [0, 11] {
+        tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+        let reply: aa::ExtendRuntimeMeasurementResponse = common::ttrpc_call(
+            &client,
+            common::AA_SERVICE,
+            "ExtendRuntimeMeasurement",
+            &pulled,
+        )
+        .await
+        .unwrap();
+        // CDH logs NOT_SUPPORTED as a warning and goes on.
+        assert_eq!(
+            reply.result,
+            aa::RuntimeMeasurementResult::NotSupported as i32
+        );
     }
 }
