@@ -55,15 +55,7 @@ async fn started_as_kata_starts_the_attestation_agent() {
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
         .await
         .unwrap();
-    let tee: aa::GetTeeTypeResponse = common::ttrpc_call(
-        &client,
-        common::AA_SERVICE,
-        "GetTeeType",
-        &aa::GetTeeTypeRequest {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(tee.tee, "snp");
+    assert_eq!(common::aa_tee_type(&client).await, "snp");
     let evidence: aa::GetEvidenceResponse = common::ttrpc_call(
         &client,
         common::AA_SERVICE,

@@ -418,15 +418,7 @@ async fn host_chosen_http_kbs_is_refused_unless_allowed() {
     let (_agent, client) = peers
         .agent(&[], &[params[0], ("AASP_ALLOW_INSECURE_KBS", "1")])
         .await;
-    let tee: aa::GetTeeTypeResponse = common::ttrpc_call(
-        &client,
-        common::AA_SERVICE,
-        "GetTeeType",
-        &aa::GetTeeTypeRequest {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(tee.tee, "snp");
+    assert_eq!(common::aa_tee_type(&client).await, "snp");
     // No [token_configs.coco_as] anywhere: FAILED_PRECONDITION, naming where to configure it.
     let status = get_token(&client, "coco_as").await.unwrap_err();
     assert_eq!(

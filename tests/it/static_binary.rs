@@ -126,15 +126,7 @@ async fn alone_in_an_empty_root_it_serves_ttrpc_and_reaches_a_kbs_by_host_name()
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
         .await
         .unwrap();
-    let tee: aa::GetTeeTypeResponse = common::ttrpc_call(
-        &client,
-        common::AA_SERVICE,
-        "GetTeeType",
-        &aa::GetTeeTypeRequest {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(tee.tee, "snp");
+    assert_eq!(common::aa_tee_type(&client).await, "snp");
 
     // GetToken("kbs") is a full RCAR handshake with the KBS named by host name.
     let token: aa::GetTokenResponse = common::ttrpc_call(

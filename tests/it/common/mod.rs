@@ -104,6 +104,19 @@ pub async fn ttrpc_call<Req: prost::Message, Resp: prost::Message + Default>(
     }
 }
 
+/// The agent's GetTeeType answer, over ttrpc: the first call kata-agent's peers make.
+pub async fn aa_tee_type(client: &ttrpc::r#async::Client) -> String {
+    let reply: aasp::proto::attestation_agent::GetTeeTypeResponse = ttrpc_call(
+        client,
+        AA_SERVICE,
+        "GetTeeType",
+        &aasp::proto::attestation_agent::GetTeeTypeRequest {},
+    )
+    .await
+    .unwrap();
+    reply.tee
+}
+
 /// The `aasp dev` stack (emulator, simulator, demo keys, gRPC server) in this process on
 /// ephemeral loopback ports; its state directory lives as long as it does.
 pub struct Dev {
