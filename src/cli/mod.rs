@@ -374,6 +374,28 @@ pub fn identity_source(
     })
 }
 
+/// An error and its causes, outermost first ("transport error" alone says nothing).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A client command (`aasp health`, `aasp call`) that reaches no server: the cause, and the way
+/// to one, since a first try usually meets nothing listening yet.
+fn cannot_connect(target: &str, e: &dyn std::error::Error) -> String {
+    format!(
+        "cannot connect to {target}: {}; is aasp serving there? Start it (`aasp dev`, or `aasp \
+         serve`), or give its address with --target",
+        source_chain(e)
+    )
+}
+
 async fn health(target: &str) -> Result<ExitCode, String> {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -389,7 +411,7 @@ async fn health(target: &str) -> Result<ExitCode, String> {
         .timeout(std::time::Duration::from_secs(3))
         .connect()
         .await
-        .map_err(|e| format!("{target}: cannot connect: {e}"))?;
+        .map_err(|e| cannot_connect(target, &e))?;
     let reply = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),

@@ -293,11 +293,11 @@ async fn call_grpc(
         }
         _ => endpoint.connect().await,
     }
-    .map_err(|e| format!("cannot connect to {}: {}", target.name(), source_chain(&e)))?;
+    .map_err(|e| super::cannot_connect(&target.name(), &e))?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
-        .map_err(|e| format!("cannot connect to {}: {}", target.name(), source_chain(&e)))?;
+        .map_err(|e| super::cannot_connect(&target.name(), &e))?;
     let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
     let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.as_str())
         .map_err(|e| format!("{path}: {e}"))?;
@@ -325,7 +325,7 @@ async fn call_ttrpc(
     use ttrpc::proto::RequestInit;
     let client = ttrpc::r#async::Client::connect(target)
         .await
-        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+        .map_err(|e| super::cannot_connect(target, &e))?;
     let mut req = ttrpc::Request::init_request(
         method.parent_service().full_name().to_owned(),
         method.name().to_owned(),
@@ -357,17 +357,6 @@ impl Target {
 }
 
 /// The error and its causes: tonic's transport error alone says only "transport error".
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// The message as bytes both ways: the descriptor pool, not a generated type, knows its shape.
 /// The reply may hold a released key: it lives in a zeroizing buffer.
 #[derive(Debug, Clone, Copy, Default)]
