@@ -3,7 +3,9 @@ images and the endpoint/attester environment and drops documentation-only contai
 below), then checks that everything else (containers, commands, args, probes, security context,
 resources, volumes) is exactly as shipped.
 
-    derive.py SHIPPED OUT EMULATOR_HOST_PORT AASP_IMAGE WORKLOAD_IMAGE
+    derive.py SHIPPED OUT EMULATOR_HOST_PORT AASP_IMAGE WORKLOAD_IMAGE POD_NAME
+
+POD_NAME renames the pod (metadata.name), so that concurrent runs on one machine do not meet.
 """
 import base64
 import copy
@@ -12,9 +14,10 @@ import sys
 
 import yaml
 
-shipped_path, out_path, emulator, aasp_image, workload_image = sys.argv[1:6]
+shipped_path, out_path, emulator, aasp_image, workload_image, pod_name = sys.argv[1:7]
 shipped = yaml.safe_load(open(shipped_path))
 pod = copy.deepcopy(shipped)
+pod["metadata"]["name"] = pod_name
 containers = {c["name"]: c for c in pod["spec"]["containers"]}
 
 
@@ -61,6 +64,7 @@ for c in pod["spec"]["containers"]:
 # added, never dropped.
 def structure(p):
     p = copy.deepcopy(p)
+    p["metadata"].pop("name")
     for c in p["spec"]["containers"]:
         c.pop("image")
         c.pop("ports", None)

@@ -70,9 +70,10 @@ if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check pyyaml
 fi
 
-pod=confidential-app
-aasp_image=localhost/aasp-kube:test
-workload_image=localhost/aasp-workload:test
+# Names of this run only: the suite and a developer may run this at once on one machine.
+pod=confidential-app-kube-$$
+aasp_image=localhost/aasp-kube:$$
+workload_image=localhost/aasp-workload:$$
 emulator_port=$(( 24000 + RANDOM % 800 ))
 dev_port=$(( emulator_port + 800 ))
 E=127.0.0.1:$emulator_port
@@ -86,8 +87,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# A pod left over from an interrupted run would hold the name.
-podman pod rm -f "$pod" >/dev/null 2>&1 || true
 
 wait_for() { # LOG TEXT PID
   for _ in $(seq 1 300); do
@@ -108,7 +107,7 @@ kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=""
 # 2. Images. aasp: the production layout (deploy/image.sh) plus the fixtures under /etc/aasp-test.
 # The workload: a shell, curl and sleep with their libraries, FROM scratch.
 if [ -z "$base_image" ]; then
-  base_image=localhost/aasp-kube-base:test
+  base_image=localhost/aasp-kube-base:$$
   own_base=$base_image
   deploy/image.sh build "$binary" "$base_image"
 fi
@@ -143,7 +142,7 @@ buildah rm "$ctr" >/dev/null
 
 # 3. The derived manifest (checked to keep the shipped structure), then the pod.
 "$venv/bin/python" tests/deploy/derive.py deploy/kubernetes/pod.yaml "$work/pod.yaml" "$E" \
-  "$aasp_image" "$workload_image"
+  "$aasp_image" "$workload_image" "$pod"
 # No network but the pod's loopback: all the pod talks to is itself and the emulator, which
 # joins its namespace. Nothing is published on the host, and no bridge or firewall is needed.
 podman kube play --network none "$work/pod.yaml" > "$work/play.log" 2>&1 || { cat "$work/play.log" >&2; fail "podman kube play (its output above)"; }

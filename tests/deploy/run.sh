@@ -27,7 +27,8 @@ if ! command -v buildah >/dev/null; then
   echo "deploy: installing buildah to build the image offline" >&2
   apt-get update -qq && apt-get install -y -qq buildah >/dev/null
 fi
-tag=localhost/aasp:test
+# This run's own tag: the suite and a developer may run this at once on one machine.
+tag=localhost/aasp:test-$$
 trap 'buildah rmi "$tag" >/dev/null 2>&1 || true' EXIT
 deploy/image.sh build "$binary" "$tag"
 deploy/image.sh test "$tag"
