@@ -82,7 +82,9 @@ async fn stack_with(sim: SimOptions, config: impl FnOnce(&mut emulator::Config))
             .unwrap(),
     })
     .unwrap();
-    let kms = KmsClient::new(client.clone(), anchors, fast_retry());
+    // The tests' own key management (create, import, get) never meets injected faults, and a
+    // create waits for the emulator's RSA key generation: the default budget, not the 1 s one.
+    let kms = KmsClient::new(client.clone(), anchors, RetryPolicy::default());
     Stack {
         emulator,
         provisioner: Arc::new(provisioner),
