@@ -4,9 +4,14 @@
 //! Upstream azmount reads one 512 KiB block per miss, synchronously, into a 16 MiB LRU, and
 //! keeps written blocks only in memory until they are evicted (a hard stop loses up to the
 //! whole cache). Here:
-//! - a block is fetched once however many readers want it (the first fetches, the rest wait);
+//! - a read that misses and continues no sequential run fetches only the bytes it asks for,
+//!   and nothing is cached: a random 4 KiB read costs one 4 KiB ranged GET, not a whole block
+//!   (a 512 KiB GET from Azurite takes ~3x as long; BENCHMARKS.md "encfs throughput"), and the
+//!   kernel's page cache above keeps what was read;
 //! - the second read that continues where the previous one ended starts read-ahead: the next
-//!   blocks are fetched in the background, `read_ahead` of them at once;
+//!   blocks are fetched in the background, `read_ahead` of them at once. Blocks read that way
+//!   (or by a writer) are fetched once however many readers want them (the first fetches, the
+//!   rest wait);
 //! - clean blocks are evicted least recently used first once `capacity` bytes are held; dirty
 //!   and in-flight blocks are never evicted, and dirty bytes are bounded by `max_dirty` (a
 //!   writer past it flushes first), so memory stays within `capacity + max_dirty`;
@@ -246,7 +251,11 @@ impl<S: Storage> BlockCache<S> {
         }
         let bs = self.config.block_size as u64;
         let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
-        self.note_read(offset, len, last);
+        if !self.note_read(offset, len, last) {
+            if let Some(bytes) = self.read_uncached(offset, len, first, last).await? {
+                return Ok(bytes);
+            }
+        }
         let blocks =
             futures_util::future::try_join_all((first..=last).map(|i| self.block(i))).await?;
         let mut out = Vec::with_capacity(len);
@@ -258,9 +267,35 @@ impl<S: Storage> BlockCache<S> {
         Ok(out)
     }
 
+    /// A read outside a sequential run whose blocks are neither held nor being fetched: just
+    /// its bytes, straight from storage (`None`: the cache has some of them, so it answers).
+    /// A write overlapping this read cannot complete meanwhile: the kernel holds the pages
+    /// being read locked until the read is answered.
+    async fn read_uncached(
+        &self,
+        offset: u64,
+        len: usize,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        {
+            let state = self.lock();
+            if (first..=last).any(|i| state.blocks.contains_key(&i)) {
+                return Ok(None);
+            }
+        }
+        self.bump(|s| s.fetches += 1);
+        self.storage
+            .read(offset, len)
+            .await
+            .map(Some)
+            .map_err(|e| CacheError::Storage(Arc::from(e.to_string())))
+    }
+
     /// Sequential detection: a read that starts where the previous one ended continues a run;
-    /// from the second such read on, the blocks after it are fetched ahead.
-    fn note_read(self: &Arc<Self>, offset: u64, len: usize, last: u64) {
+    /// from the second such read on, the blocks after it are fetched ahead. Whether this read
+    /// continues a run.
+    fn note_read(self: &Arc<Self>, offset: u64, len: usize, last: u64) -> bool {
         let wanted: Vec<u64> = {
             let mut state = self.lock();
             state.seq_run = if offset == state.seq_end && offset != 0 {
@@ -270,7 +305,7 @@ impl<S: Storage> BlockCache<S> {
             };
             state.seq_end = offset + len as u64;
             if state.seq_run == 0 {
-                return;
+                return false;
             }
             let blocks = self.size.div_ceil(self.config.block_size as u64);
             let free = self.config.read_ahead.saturating_sub(state.prefetching);
@@ -290,6 +325,7 @@ impl<S: Storage> BlockCache<S> {
                 cache.lock().prefetching -= 1;
             });
         }
+        true
     }
 
     /// One block, from the cache or fetched once for every reader waiting on it.
@@ -548,6 +584,7 @@ pub(crate) mod tests {
     pub(crate) struct Memory {
         pub data: Mutex<Vec<u8>>,
         pub reads: AtomicU64,
+        pub bytes_read: AtomicU64,
         pub writes: AtomicU64,
         pub fail: std::sync::atomic::AtomicBool,
         pub delay: Option<Duration>,
@@ -569,6 +606,7 @@ pub(crate) mod tests {
             len: usize,
         ) -> impl Future<Output = Result<Vec<u8>, BlobError>> + Send {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            self.bytes_read.fetch_add(len as u64, Ordering::SeqCst);
             let result = if self.fail.load(Ordering::SeqCst) {
                 Err(BlobError::BadRequest {
                     op: "GET",
@@ -648,14 +686,42 @@ pub(crate) mod tests {
             delay: Some(Duration::from_millis(50)),
             ..Memory::default()
         });
-        let cache = BlockCache::new(Arc::clone(&memory), data.len() as u64, small()).unwrap();
+        let config = CacheConfig {
+            read_ahead: 0,
+            ..small()
+        };
+        let cache = BlockCache::new(Arc::clone(&memory), data.len() as u64, config).unwrap();
+        cache.read(0, 100).await.unwrap();
         let reads = (0..8).map(|i| {
             let cache = Arc::clone(&cache);
-            // Not one after another: no read-ahead, only the one shared fetch.
-            async move { cache.read(i * 200, 100).await.unwrap() }
+            // The first continues the read above, so block 0 is fetched through the cache;
+            // the others find that fetch in flight and share it.
+            async move { cache.read(100 + i * 200, 100).await.unwrap() }
         });
         futures_util::future::join_all(reads).await;
-        assert_eq!(memory.reads.load(Ordering::SeqCst), 1);
+        // The first read's own bytes, then block 0 once.
+        assert_eq!(memory.reads.load(Ordering::SeqCst), 2);
+        assert_eq!(memory.bytes_read.load(Ordering::SeqCst), 100 + 4096);
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_only_their_bytes() {
+        let data = pattern(64 * 1024);
+        let memory = Memory::with(data.clone());
+        let cache = BlockCache::new(Arc::clone(&memory), data.len() as u64, small()).unwrap();
+        for (offset, len) in [(40960, 4096), (0, 512), (20480 + 100, 5000)] {
+            let got = cache.read(offset, len).await.unwrap();
+            assert_eq!(got, data[offset as usize..offset as usize + len]);
+        }
+        // Three GETs of the bytes asked for, not of the 4096-byte blocks around them, and
+        // nothing cached.
+        assert_eq!(memory.reads.load(Ordering::SeqCst), 3);
+        assert_eq!(memory.bytes_read.load(Ordering::SeqCst), 4096 + 512 + 5000);
+        assert_eq!(cache.held(), (0, 0));
+        // A block the cache holds (here: written) answers reads of it, random or not.
+        cache.write(8192, &[7u8; 4096]).await.unwrap();
+        assert_eq!(cache.read(8192 + 10, 10).await.unwrap(), vec![7u8; 10]);
+        assert_eq!(memory.reads.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
