@@ -101,7 +101,8 @@ image() {
 bench() {
   need_rust
   cargo build --release --locked --bin aasp --example loadgen --example cold_release --example time_to_ready --example rss \
-    --example rpc_cost --example bare_server --example handoff --example fleet --example xts_cost
+    --example rpc_cost --example bare_server --example handoff --example fleet --example xts_cost \
+    --example encfs_throughput
   local seconds=${BENCH_SECONDS:-5} parts=${BENCH_PARTS:-load rpc cold ready rss criterion handoff mixed fleet encfs}
   echo "machine: $(nproc) cores, $(uname -m), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%dT%H:%MZ)"
   case " $parts " in *" load "*) bench_dev_stack "$seconds" ;; esac
@@ -143,7 +144,9 @@ bench() {
   esac
   case " $parts " in *" encfs "*)
     echo "== encfs: sector decryption CPU per GiB against bare AES-XTS loops"
-    target/release/examples/xts_cost --rounds 3 --gib 1 ;;
+    target/release/examples/xts_cost --rounds 3 --gib 1
+    echo "== encfs: throughput and latency through the mount against Azurite (root for the mount parts)"
+    target/release/examples/encfs_throughput --aasp target/release/aasp ;;
   esac
 }
 
