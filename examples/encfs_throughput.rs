@@ -10,6 +10,11 @@
 //! - (d) random 4 KiB `O_DIRECT` reads of that file through a fresh mount, each at least 1 MiB
 //!   from any other (no read is served by an earlier one's block), against one 4 KiB ranged GET;
 //! - (f) the sidecar's resident memory (VmRSS, VmHWM) after the reads, per `--cache-size`;
+//! - (g) storage with a round trip: Azurite is one node process that needs ~7 s of CPU per GiB
+//!   it serves, so on loopback it is CPU-bound with one request in flight and no reader can beat
+//!   azmount's strategy by much. The emulator's blob endpoint (Rust, in this process) with
+//!   `--latency-ms` injected before every answer stands in for a storage account across a
+//!   network: (c) and (a) at 8 in flight, then (b), over a `--latency-file-mib` file;
 //! - for every part, the CPU time of Azurite's node process, of the sidecar and of this process
 //!   (the client: GETs, reads, checks), and the bytes Azurite sent (`wchar` of its
 //!   /proc/PID/io), i.e. what was fetched.
@@ -62,6 +67,12 @@ struct Args {
     /// Passes of the raw-GET measurement over the data, per concurrency.
     #[arg(long, default_value_t = 1)]
     get_passes: usize,
+    /// (g): milliseconds the emulator's blob endpoint waits before each answer (0: skip (g)).
+    #[arg(long, default_value_t = 5)]
+    latency_ms: u64,
+    /// (g): size of the file read there, MiB (the emulator holds at most 256 MiB of blobs).
+    #[arg(long, default_value_t = 128)]
+    latency_file_mib: u64,
 }
 
 const BLOCK: usize = 512 << 10;
@@ -402,6 +413,12 @@ async fn run(args: Args) -> Result<(), Error> {
         memory.0 >> 10
     );
 
+    let latency = if args.latency_ms > 0 {
+        Some(with_latency(&args, &work, &key_file, &sidecar, azurite.pid).await?)
+    } else {
+        None
+    };
+
     // Summary against the targets.
     let best_b = sequential
         .iter()
@@ -434,6 +451,18 @@ async fn run(args: Args) -> Result<(), Error> {
         percentile(&small, 0.5) * 1e3,
         p50 / percentile(&small, 0.5)
     );
+    if let Some(g) = &latency {
+        println!(
+            "  (g) with {} ms per request: (b) {:.0} MiB/s / (c) {:.0} MiB/s = {:.2} (target >= 2); \
+             (b) / (a) at 8 in flight {:.0} MiB/s = {:.2}",
+            args.latency_ms,
+            g.mount,
+            g.sync,
+            g.mount / g.sync,
+            g.parallel,
+            g.mount / g.parallel
+        );
+    }
     for (cache, _, (rss, hwm)) in &sequential {
         println!(
             "  (f): --cache-size {cache}: RSS {} MiB, peak {} MiB after a sequential read",
@@ -457,6 +486,122 @@ fn set(entry: &mut serde_json::Value, at: &[&str], value: serde_json::Value) -> 
     }
     object.insert((*last).to_owned(), value);
     Ok(())
+}
+
+/// (g)'s figures, MiB/s.
+struct Latency {
+    sync: f64,
+    parallel: f64,
+    mount: f64,
+}
+
+/// (g): a second image, served by the emulator's blob endpoint with `latency_ms` before every
+/// answer (injected only while measuring: the sidecar's key release goes to the same server).
+async fn with_latency(
+    args: &Args,
+    work: &Path,
+    key_file: &Path,
+    sidecar: &SidecarSpec<'_>,
+    node: u32,
+) -> Result<Latency, Error> {
+    let content = work.join("content-rtt");
+    std::fs::create_dir_all(&content)?;
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(content.join("big.bin"))?);
+        for chunk in 0..args.latency_file_mib {
+            file.write_all(&expected(chunk << 20, 1 << 20))?;
+        }
+        file.flush()?;
+    }
+    let image = work.join("rtt.img");
+    let size = format!(
+        "{}M",
+        args.latency_file_mib + args.latency_file_mib / 8 + 24
+    );
+    // The same key: its passphrase is already in the emulated KBS.
+    aasp(
+        &args.aasp,
+        &[
+            "encfs",
+            "create",
+            "--from",
+            path(&content)?,
+            "--out",
+            path(&image)?,
+            "--key-file",
+            path(key_file)?,
+            "--kid",
+            "bench",
+            "--size",
+            &size,
+        ],
+    )?;
+    std::fs::remove_dir_all(&content)?;
+    let emulator = &sidecar.dev.emulator;
+    let bytes = std::fs::read(&image)?;
+    let image_len = bytes.len() as u64;
+    emulator
+        .blobs
+        .put(aasp::emulator::blob::PUBLIC_CONTAINER, "rtt.img", bytes)?;
+    std::fs::remove_file(&image)?;
+    let url = format!(
+        "{}/{}/{}/rtt.img",
+        emulator.url,
+        aasp::emulator::blob::ACCOUNT,
+        aasp::emulator::blob::PUBLIC_CONTAINER
+    );
+    let http = aasp::http::client(&aasp::http::HttpOptions {
+        extra_ca: Some(emulator.ca_path.clone()),
+        ..Default::default()
+    })?;
+    let client = BlobClient::new(
+        http,
+        BlobUrl::parse(&url)?,
+        Credential::Anonymous,
+        &StorageHosts::default(),
+        DEFAULT_DEADLINE,
+    )?;
+    let delay: aasp::emulator::faults::Faults = format!("latency={}ms", args.latency_ms).parse()?;
+    println!(
+        "(g) the emulator's blob endpoint (https, in this process), {} ms before every answer, \
+         a {} MiB image:",
+        args.latency_ms,
+        image_len >> 20
+    );
+    emulator.set_faults(delay.clone());
+    let mut raw = Vec::new();
+    for inflight in [1usize, 8] {
+        raw.push(gets_in_flight(&client, image_len, node, 1, inflight, "(g) ").await?);
+    }
+    emulator.set_faults(Default::default());
+    let mut entry = sidecar.entry.clone();
+    set(&mut entry, &["azure_url"], url.as_str().into())?;
+    let running = sidecar.start_with(&entry, "64M")?;
+    emulator.set_faults(delay);
+    let requests = emulator.counters.requests();
+    let meter = Meter::start(node, Some(running.pid()));
+    let started = Instant::now();
+    let file = running.file();
+    let checked = tokio::task::spawn_blocking(move || read_all(&file)).await??;
+    let wall = started.elapsed().as_secs_f64();
+    let usage = meter.stop();
+    let requests = emulator.counters.requests() - requests;
+    emulator.set_faults(Default::default());
+    running.stop()?;
+    let mount = checked as f64 / f64::from(1u32 << 20) / wall;
+    println!(
+        "(g) (b) sequential read through the mount: {mount:.0} MiB/s ({wall:.2} s); {requests} \
+         GETs ({} KiB each on average); CPU s: sidecar {:.2}, this process (the emulator, the \
+         reader) {:.2}",
+        (checked / requests.max(1)) >> 10,
+        usage.sidecar,
+        usage.client
+    );
+    Ok(Latency {
+        sync: raw.first().copied().unwrap_or(f64::NAN),
+        parallel: raw.get(1).copied().unwrap_or(f64::NAN),
+        mount,
+    })
 }
 
 fn path(p: &Path) -> Result<&str, Error> {
@@ -486,49 +631,64 @@ async fn raw_gets(
     node: u32,
     passes: usize,
 ) -> Result<Vec<(usize, f64)>, Error> {
-    let blocks = size / BLOCK as u64;
     let mut results = Vec::new();
     for inflight in [1usize, 2, 4, 8] {
-        let meter = Meter::start(node, None);
-        let started = Instant::now();
-        for _ in 0..passes.max(1) {
-            let next = Arc::new(AtomicU64::new(0));
-            let workers = (0..inflight).map(|_| {
-                let (client, next) = (client.clone(), Arc::clone(&next));
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= blocks {
-                            return Ok::<(), aasp::encfs::blob::BlobError>(());
-                        }
-                        client.read(i * BLOCK as u64, BLOCK).await?;
-                    }
-                })
-            });
-            for worker in futures_util::future::join_all(workers).await {
-                worker??;
-            }
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let usage = meter.stop();
-        let mib = (blocks * BLOCK as u64 * passes.max(1) as u64) as f64 / f64::from(1u32 << 20);
-        let label = if inflight == 1 {
-            "(a)/(c) one at a time (azmount's strategy)"
-        } else {
-            "(a)"
-        };
-        println!(
-            "{label} ranged GETs of 512 KiB, {inflight} in flight: {:.0} MiB/s; CPU s per GiB: \
-             node {:.2} (node busy {:.0} % of one core), client {:.2}; Azurite sent {} MiB",
-            mib / wall,
-            usage.node * 1024.0 / mib,
-            usage.node / wall * 100.0,
-            usage.client * 1024.0 / mib,
-            usage.node_sent >> 20
-        );
-        results.push((inflight, mib / wall));
+        results.push((
+            inflight,
+            gets_in_flight(client, size, node, passes, inflight, "").await?,
+        ));
     }
     Ok(results)
+}
+
+/// 512 KiB ranged GETs over the blob, `inflight` at a time, `passes` times; MiB/s.
+async fn gets_in_flight(
+    client: &BlobClient,
+    size: u64,
+    node: u32,
+    passes: usize,
+    inflight: usize,
+    prefix: &str,
+) -> Result<f64, Error> {
+    let blocks = size / BLOCK as u64;
+    let meter = Meter::start(node, None);
+    let started = Instant::now();
+    for _ in 0..passes.max(1) {
+        let next = Arc::new(AtomicU64::new(0));
+        let workers = (0..inflight).map(|_| {
+            let (client, next) = (client.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= blocks {
+                        return Ok::<(), aasp::encfs::blob::BlobError>(());
+                    }
+                    client.read(i * BLOCK as u64, BLOCK).await?;
+                }
+            })
+        });
+        for worker in futures_util::future::join_all(workers).await {
+            worker??;
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let usage = meter.stop();
+    let mib = (blocks * BLOCK as u64 * passes.max(1) as u64) as f64 / f64::from(1u32 << 20);
+    let label = if inflight == 1 {
+        "(a)/(c) one at a time (azmount's strategy)"
+    } else {
+        "(a)"
+    };
+    println!(
+        "{prefix}{label} ranged GETs of 512 KiB, {inflight} in flight: {:.0} MiB/s; CPU s per GiB: \
+         node {:.2} (node busy {:.0} % of one core), client {:.2}; Azurite sent {} MiB",
+        mib / wall,
+        usage.node * 1024.0 / mib,
+        usage.node / wall * 100.0,
+        usage.client * 1024.0 / mib,
+        usage.node_sent >> 20
+    );
+    Ok(mib / wall)
 }
 
 /// Latencies (seconds) of `count` ranged GETs of `len` bytes at random aligned offsets.
@@ -613,9 +773,13 @@ struct Sidecar {
 
 impl SidecarSpec<'_> {
     fn start(&self, cache_size: &str) -> Result<Sidecar, Error> {
+        self.start_with(&self.entry, cache_size)
+    }
+
+    fn start_with(&self, entry: &serde_json::Value, cache_size: &str) -> Result<Sidecar, Error> {
         use base64::Engine;
         let mount_point = self.dir.join("fs");
-        let mut entry = self.entry.clone();
+        let mut entry = entry.clone();
         set(&mut entry, &["mount_point"], path(&mount_point)?.into())?;
         let config = serde_json::json!({ "azure_filesystems": [entry] });
         let log = self.dir.join("sidecar.log");
