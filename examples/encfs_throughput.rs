@@ -231,7 +231,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let root = is_root();
     if !root {
         println!(
-            "not root: FUSE, loop devices and mount(2) need root, so (b), (d) and (f) are \
+            "not root: FUSE, loop devices and mount(2) need root, so (b), (d), (f) and (g) are \
              skipped; only the raw GETs run"
         );
     }
@@ -312,7 +312,7 @@ async fn run(args: Args) -> Result<(), Error> {
     );
 
     if !root {
-        println!("summary: (b), (d), (f) skipped (not root); (a) best {best:.0} MiB/s, (c) {sync:.0} MiB/s");
+        println!("summary: (b), (d), (f), (g) skipped (not root); (a) best {best:.0} MiB/s, (c) {sync:.0} MiB/s");
         return Ok(());
     }
 
