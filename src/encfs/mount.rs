@@ -134,7 +134,12 @@ impl Mounted {
                 Step::Mounted(dir) => umount(&dir).await,
                 Step::FsDir(dir) | Step::FuseDir(dir) => std::fs::remove_dir(&dir)
                     .map_err(|e| format!("removing {}: {e}", dir.display())),
-                Step::Loop(device) => sys::loop_detach(&device),
+                Step::Loop(device) => {
+                    tokio::task::spawn_blocking(move || sys::loop_detach(&device))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r)
+                }
                 Step::Mapping(name) => run("cryptsetup", &["close", &name]).await.map(drop),
                 Step::Fuse(fuse) => {
                     flushed = true;

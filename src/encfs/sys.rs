@@ -133,11 +133,41 @@ pub fn loop_detach(device: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("{}: {e}", device.display())),
     };
+    // ENXIO: not bound any more, or its release (autoclear, after the ext4 unmount) is under way.
     match ioctl(&file, LOOP_CLR_FD, 0) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
-        Err(e) => Err(format!("{}: LOOP_CLR_FD: {e}", device.display())),
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+        Err(e) => return Err(format!("{}: LOOP_CLR_FD: {e}", device.display())),
     }
+    drop(file);
+    wait_until_released(device)
+}
+
+/// How long a detached loop device may keep its backing file open.
+const LOOP_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// LOOP_CLR_FD only marks the device for release while anyone else has it open (a child process
+/// forked by another thread holds a copy of the descriptor until its exec), and until the release
+/// the backing file, the FUSE `data`, stays open and its mount cannot be unmounted. The kernel
+/// removes the device's `loop` directory in sysfs when it lets go.
+fn wait_until_released(device: &Path) -> Result<(), String> {
+    let Some(name) = device.file_name() else {
+        return Ok(());
+    };
+    let bound = Path::new("/sys/class/block").join(name).join("loop");
+    let started = std::time::Instant::now();
+    while bound.exists() {
+        if started.elapsed() > LOOP_RELEASE_WAIT {
+            return Err(format!(
+                "{}: still holds its backing file {} s after the detach (something keeps the \
+                 device open)",
+                device.display(),
+                LOOP_RELEASE_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 fn c_path(path: &Path) -> Result<CString, String> {
@@ -199,6 +229,38 @@ pub fn unmount(dir: &Path, lazy: bool) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A detach returns only once the device has let go of its backing file, even while another
+    /// opener (here the test, as a forked child would) delays the release.
+    #[test]
+    fn a_detach_waits_for_the_release_of_the_backing_file() {
+        if !std::path::Path::new("/dev/loop-control").exists()
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/loop-control")
+                .is_err()
+        {
+            eprintln!("skipped: loop devices need root and /dev/loop-control (CI runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
+        let device = super::loop_attach(&backing, true).unwrap();
+        let path = device.path.clone();
+        let holder = std::fs::File::open(&path).unwrap();
+        drop(device);
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(holder);
+        });
+        super::loop_detach(&path).unwrap();
+        let bound = std::path::Path::new("/sys/class/block")
+            .join(path.file_name().unwrap())
+            .join("loop");
+        assert!(!bound.exists(), "{} still bound", path.display());
+        released.join().unwrap();
+    }
+
     #[test]
     fn loop_info_has_the_kernel_layout() {
         assert_eq!(std::mem::size_of::<super::LoopInfo64>(), 232);
