@@ -133,6 +133,9 @@ pub struct RetryPolicy {
     /// Advice logged at once on the first transport failure (IMDS unreachable off Azure), so a
     /// person does not wait out the budget without a word.
     pub transport_hint: Option<&'static str>,
+    /// Whether a 500 is the upstream's final answer rather than a fault worth retrying: Trustee's
+    /// RESTful attestation service answers every refused evaluation with 500.
+    pub internal_error_is_final: bool,
 }
 
 /// The trust options as advice names them: the flag, and the variable for modes that take only
@@ -151,6 +154,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(5),
             trust_option: TRUST_EXTRA_CA,
             transport_hint: None,
+            internal_error_is_final: false,
         }
     }
 }
@@ -224,10 +228,12 @@ impl std::fmt::Display for TransportError {
 
 impl std::error::Error for TransportError {}
 
-fn retryable(status: reqwest::StatusCode) -> bool {
+fn retryable(status: reqwest::StatusCode, policy: &RetryPolicy) -> bool {
+    let final_500 =
+        policy.internal_error_is_final && status == reqwest::StatusCode::INTERNAL_SERVER_ERROR;
     status == reqwest::StatusCode::REQUEST_TIMEOUT
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
+        || (status.is_server_error() && !final_500)
 }
 
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -319,7 +325,7 @@ pub async fn send_with_retry(
         };
         crate::metrics::record_upstream(upstream, &outcome);
         let (failure, delay) = match sent {
-            Ok(Ok(response)) if !retryable(response.status()) => return Ok(response),
+            Ok(Ok(response)) if !retryable(response.status(), policy) => return Ok(response),
             Ok(Ok(response)) => {
                 // At least what the upstream asked for, and never less than the backoff: a
                 // `Retry-After: 0` must not become a tight loop, nor a fleet retry in step.

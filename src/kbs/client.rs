@@ -145,7 +145,7 @@ impl KbsClient {
         options: KbsOptions,
         evidence: Arc<dyn EvidenceSource>,
     ) -> Result<Self> {
-        let base = super::base_url("KBS", &options.url)?;
+        let base = super::base_url(super::KBS, &options.url)?;
         Ok(KbsClient {
             http,
             options,
@@ -253,6 +253,7 @@ impl KbsClient {
         }
         let text = read_body(response, limits::KBS_CHALLENGE).await?;
         let bad = |reason: String| Error::BadResponse {
+            service: super::KBS,
             url: auth_url.clone(),
             reason,
         };
@@ -319,6 +320,7 @@ impl KbsClient {
             .ok()
             .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned))
             .ok_or_else(|| Error::BadResponse {
+                service: super::KBS,
                 url: attest_url,
                 reason: "no \"token\" in the body".into(),
             })?;

@@ -50,7 +50,7 @@ impl CocoAsClient {
         options: CocoAsOptions,
         evidence: Arc<dyn EvidenceSource>,
     ) -> Result<Self> {
-        let base = super::base_url("attestation service", &options.url)?;
+        let base = super::base_url(super::ATTESTATION_SERVICE, &options.url)?;
         Ok(CocoAsClient {
             http,
             options,
@@ -79,7 +79,13 @@ impl CocoAsClient {
         }
         let body = json!({ "verification_requests": [request], "policy_ids": [] });
         let url = format!("{}/attestation", self.base);
-        let response = send_with_retry(|| self.http.post(&url).json(&body), &self.options.retry)
+        // A 500 is the AS's refusal (see `as_status_error`): answered at once, as upstream's
+        // getter does, not retried until the deadline.
+        let retry = RetryPolicy {
+            internal_error_is_final: true,
+            ..self.options.retry
+        };
+        let response = send_with_retry(|| self.http.post(&url).json(&body), &retry)
             .instrument(tracing::debug_span!("coco_as_attest"))
             .await?;
         let status = response.status();
@@ -91,6 +97,7 @@ impl CocoAsClient {
             ));
         }
         let bad = |reason: &str| Error::BadResponse {
+            service: super::ATTESTATION_SERVICE,
             url: url.clone(),
             reason: reason.into(),
         };
@@ -113,12 +120,14 @@ fn as_status_error(url: &str, status: reqwest::StatusCode, body: &str) -> Error 
     let message: String = body.trim().chars().take(300).collect();
     if matches!(code, 408 | 429 | 502 | 503 | 504) {
         Error::Upstream {
+            service: super::ATTESTATION_SERVICE,
             url,
             status: code,
             message,
         }
     } else {
         Error::Refused {
+            service: super::ATTESTATION_SERVICE,
             url,
             status: code,
             message,

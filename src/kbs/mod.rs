@@ -25,24 +25,31 @@ pub enum Error {
     /// A KBS body over the limit aasp reads, or one that broke off.
     #[error(transparent)]
     Body(#[from] BodyError),
-    /// The KBS is busy or broken (408, 429, 5xx after retries).
-    #[error("KBS {url}: HTTP {status}: {message}")]
+    /// The KBS (or attestation service: `service`) is busy or broken (408, 429, 5xx after
+    /// retries).
+    #[error("{service} {url}: HTTP {status}: {message}")]
     Upstream {
+        service: &'static str,
         url: String,
         status: u16,
         message: String,
     },
     /// The KBS refused: evidence not accepted, resource policy not met, session not valid.
-    #[error("KBS {url} refused (HTTP {status}): {message}")]
+    #[error("{service} {url} refused (HTTP {status}): {message}")]
     Refused {
+        service: &'static str,
         url: String,
         status: u16,
         message: String,
     },
     #[error("KBS has no resource {0}")]
     NotFound(String),
-    #[error("KBS {url}: unexpected response: {reason}")]
-    BadResponse { url: String, reason: String },
+    #[error("{service} {url}: unexpected response: {reason}")]
+    BadResponse {
+        service: &'static str,
+        url: String,
+        reason: String,
+    },
     /// The caller-supplied evidence source failed.
     #[error("evidence: {0}")]
     Evidence(String),
@@ -59,6 +66,10 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The peers errors name: a KBS, or the attestation service of `GetToken("coco_as")`.
+const KBS: &str = "KBS";
+const ATTESTATION_SERVICE: &str = "attestation service";
 
 /// The base URL of a Trustee service (`what`: "KBS"), from configuration: http(s) with a host,
 /// without a trailing slash.
@@ -93,12 +104,14 @@ fn status_error(url: &str, status: reqwest::StatusCode, body: &str) -> Error {
     let transient = code == 408 || code == 429 || status.is_server_error();
     if status.is_client_error() && !transient {
         Error::Refused {
+            service: KBS,
             url,
             status: code,
             message,
         }
     } else {
         Error::Upstream {
+            service: KBS,
             url,
             status: code,
             message,

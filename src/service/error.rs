@@ -129,6 +129,7 @@ mod tests {
             ),
             (
                 kbs(KbsError::Refused {
+                    service: "KBS",
                     url: "https://kbs.example".into(),
                     status: 401,
                     message: "PolicyDeny".into(),
@@ -150,6 +151,7 @@ mod tests {
             ),
             (
                 kbs(KbsError::Upstream {
+                    service: "KBS",
                     url: "https://kbs.example".into(),
                     status: 503,
                     message: "busy".into(),

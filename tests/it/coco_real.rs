@@ -513,3 +513,39 @@ async fn cdhs_long_lived_connection_idle_past_the_request_deadline_keeps_working
         );
     }
 }
+
+/// Trustee's RESTful AS refuses with 500 and its error chain as text
+/// (`attestation-service/src/bin/restful/mod.rs`, `error_response`); aasp's error names that
+/// service, not a KBS, and comes at once. (Seen against the real `restful-as`, built without the
+/// SNP verifier: the error named a KBS, and came after a minute of retries.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attestation_service_refusal_names_the_attestation_service() {
+    let peers = peers(|_| {}).await;
+    const CHAIN: &str = "An internal error occured: \n0: attestation report evaluate\n1: feature `snp-verifier` is not enabled for `verifier` crate.";
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&asked);
+    let service = common::serve(axum::Router::new().route(
+        "/attestation",
+        axum::routing::post(move || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, CHAIN)
+        }),
+    ))
+    .await;
+    let config = peers.dir.path().join("aa.toml");
+    std::fs::write(
+        &config,
+        format!("[token_configs.coco_as]\nurl = \"http://{service}\"\n"),
+    )
+    .unwrap();
+    let (_agent, client) = peers.agent(&["-c", config.to_str().unwrap()], &[]).await;
+    let status = get_token(&client, "coco_as").await.unwrap_err();
+    assert_eq!(status.code(), ttrpc::Code::PERMISSION_DENIED, "{status:?}");
+    assert!(
+        status.message.contains("attestation service") && !status.message.contains("KBS"),
+        "{status:?}"
+    );
+    assert!(status.message.contains("snp-verifier"), "{status:?}");
+    // A refusal is final: asked once, as upstream's getter asks, not retried to the deadline.
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
